@@ -1,0 +1,48 @@
+import type { TableInfo } from './catalog.js';
+import type { LogRow } from './log.js';
+import type { Change, Operation, RowData } from './types.js';
+
+const operations: Record<LogRow['op'], Operation> = { i: 'insert', u: 'update', d: 'delete' };
+
+/** Builds the public change from a log row. Update rows store only the old values that changed. */
+export function toChange(row: LogRow, table: TableInfo): Change {
+  const op = operations[row.op];
+  const after = row.new ?? undefined;
+  const before = op === 'update' ? { ...after, ...row.old } : (row.old ?? undefined);
+  const keySource = (after ?? before)!;
+  const key: Record<string, unknown> = {};
+  for (const column of table.keyColumns) key[column] = keySource[column];
+  return {
+    id: row.id,
+    txid: row.txid,
+    schema: table.schema,
+    table: table.name,
+    op,
+    key,
+    new: after,
+    old: before,
+    changed: row.changed ?? Object.keys(keySource),
+    committedAt: row.written_at,
+  };
+}
+
+/**
+ * A string identifying a row by its key values, equal for equal keys whatever their JS
+ * type (`42` and `'42'` name the same integer key).
+ */
+export function rowKeyString(keyColumns: readonly string[], values: Readonly<Record<string, unknown>>): string {
+  if (keyColumns.length === 1) return keyPart(values[keyColumns[0]!]);
+  return keyColumns.map((column) => keyPart(values[column])).join('\u0000');
+}
+
+function keyPart(value: unknown): string {
+  return typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value);
+}
+
+/** Keeps only the key columns and `columns` of a row. */
+export function projectRow(row: RowData | undefined, keep: ReadonlySet<string>): RowData | undefined {
+  if (!row) return row;
+  const projected: RowData = {};
+  for (const column of Object.keys(row)) if (keep.has(column)) projected[column] = row[column];
+  return projected;
+}

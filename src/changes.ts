@@ -1,0 +1,264 @@
+import { Observable, type Subscriber } from 'rxjs';
+import { backoffDelay, sleep } from './backoff.js';
+import { assertColumns, type TableInfo } from './catalog.js';
+import { projectRow, rowKeyString, toChange } from './change.js';
+import { PgTideError, RowValidationError } from './errors.js';
+import type { FeedMember, Hub } from './hub.js';
+import { BEGINNING, comparePositions, positionOf, type LogPage, type LogReader, type Position } from './log.js';
+import type { Change, ChangesOptions, Logger, RowData, StreamEvent } from './types.js';
+
+/** What a stream needs from its Tide. */
+export interface StreamContext {
+  readonly reader: LogReader;
+  readonly hub: Hub;
+  readonly logger: Logger;
+  readonly pageSize: number;
+  /**
+   * Describes the table, runs `check` on it (so bad options install nothing), then
+   * watches it if needed.
+   */
+  prepare(table: string, columns: readonly string[] | undefined, check: (info: TableInfo) => void): Promise<TableInfo>;
+  /** The consumer's cursor, registering it at `start` on first use. */
+  consumerPosition(name: string, table: TableInfo, start: () => Promise<Position>): Promise<Position>;
+  /** Rejects once the Tide is closed; streams complete instead of erroring then. */
+  readonly closed: () => boolean;
+  /** Registers a teardown that `close()` runs: completes the stream. */
+  track(complete: () => void): () => void;
+}
+
+/**
+ * The stream behind `changes$` and `events$`: replays the backlog from the start
+ * position in pages, then joins the table's shared feed without gap or duplicate.
+ */
+export function changeEvents<Row = RowData>(
+  context: StreamContext,
+  table: string,
+  options: ChangesOptions<Row>,
+): Observable<StreamEvent<Row>> {
+  return new Observable<StreamEvent<Row>>((subscriber) => {
+    const stream = new ChangeStream<Row>(context, table, options, subscriber);
+    const untrack = context.track(() => stream.complete());
+    void stream.run();
+    return () => {
+      untrack();
+      stream.teardown();
+    };
+  });
+}
+
+class ChangeStream<Row> implements FeedMember {
+  rowKey?: string;
+  private info: TableInfo | undefined;
+  private cursor: Position = BEGINNING;
+  private feed: ReturnType<Hub['feed']> | undefined;
+  /** Rows the feed handed over while the gap before them was still being read. */
+  private buffered: Array<[Change, Position]> | undefined;
+  private ended = false;
+  private select: ((change: Change) => Change | undefined) | undefined;
+
+  constructor(
+    private readonly context: StreamContext,
+    private readonly table: string,
+    private readonly options: ChangesOptions<Row>,
+    private readonly subscriber: Subscriber<StreamEvent<Row>>,
+  ) {}
+
+  async run(): Promise<void> {
+    try {
+      const info = await this.context.prepare(this.table, this.options.columns, (described) => {
+        if (this.options.rowId !== undefined) {
+          this.rowKey = rowKeyString(described.keyColumns, rowIdValues(described, this.options.rowId));
+        }
+        this.select = selector(described, this.options, this.rowKey);
+      });
+      this.info = info;
+      this.cursor = await this.startPosition(info);
+      await this.replay(info);
+      if (this.ended) return;
+      await this.join(info);
+    } catch (error) {
+      if (this.ended) return;
+      if (this.context.closed()) this.complete();
+      else this.fail(error);
+    }
+  }
+
+  /** Completes the subscriber (the Tide closed). */
+  complete(): void {
+    if (this.ended) return;
+    this.teardown();
+    this.subscriber.complete();
+  }
+
+  teardown(): void {
+    this.ended = true;
+    this.feed?.remove(this);
+    this.feed = undefined;
+  }
+
+  receive(change: Change, position: Position): void {
+    if (this.buffered) this.buffered.push([change, position]);
+    else if (comparePositions(position, this.cursor) > 0) this.emit(change, position);
+  }
+
+  private fail(error: unknown): void {
+    this.teardown();
+    this.subscriber.error(error);
+  }
+
+  private async startPosition(info: TableInfo): Promise<Position> {
+    const from = this.options.from ?? 'now';
+    const start = async (): Promise<Position> => {
+      if (from === 'beginning') return BEGINNING;
+      if (from === 'now') return this.context.hub.existing(info.relid)?.position ?? (await this.context.reader.now());
+      const found = await this.context.reader.positionOfId(info.relid, from.after);
+      if (!found) {
+        throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${info.qualified} is not in the log`, {
+          table: info.qualified,
+          after: from.after,
+        });
+      }
+      return found;
+    };
+    return this.options.consumer === undefined ? start() : this.context.consumerPosition(this.options.consumer, info, start);
+  }
+
+  /** Reads pages up to the current horizon until one comes back short. */
+  private async replay(info: TableInfo): Promise<void> {
+    for (;;) {
+      const page = await this.retrying(() => this.context.reader.page(info.relid, this.cursor, this.context.pageSize));
+      if (!page || !this.deliverPage(page)) return;
+      if (!page.full) return;
+    }
+  }
+
+  /**
+   * Joins the shared feed. If the feed is ahead of us, the rows in between are read
+   * while the feed's new rows wait in a buffer; if it is behind, rows it hands over
+   * that we already delivered are dropped by position.
+   */
+  private async join(info: TableInfo): Promise<void> {
+    const feed = this.context.hub.feed(info, this.cursor);
+    this.feed = feed;
+    const joinAt = feed.position;
+    if (comparePositions(this.cursor, joinAt) < 0) {
+      this.buffered = [];
+      feed.add(this);
+      while (comparePositions(this.cursor, joinAt) < 0) {
+        const page = await this.retrying(() =>
+          this.context.reader.pageUpTo(info.relid, this.cursor, joinAt, this.context.pageSize),
+        );
+        if (!page || !this.deliverPage(page)) return;
+      }
+      const buffered = this.buffered;
+      this.buffered = undefined;
+      for (const [change, position] of buffered) this.receive(change, position);
+    } else {
+      feed.add(this);
+    }
+    if (!this.ended) this.subscriber.next({ kind: 'caught-up' });
+  }
+
+  /** Emits a page's rows and advances the cursor; false once the stream has ended. */
+  private deliverPage(page: LogPage): boolean {
+    const info = this.info!;
+    for (const row of page.rows) {
+      if (this.ended) return false;
+      this.emit(toChange(row, info), positionOf(row));
+    }
+    if (this.ended) return false;
+    this.cursor = page.next;
+    return true;
+  }
+
+  private emit(change: Change, position: Position): void {
+    // Update state before emitting: a subscriber may unsubscribe from inside next().
+    this.cursor = position;
+    const selected = this.select!(change);
+    if (!selected) return;
+    let typed: Change<Row>;
+    try {
+      typed = validate(selected, this.options);
+    } catch (error) {
+      this.fail(new RowValidationError(change.id, this.info!.qualified, error));
+      return;
+    }
+    this.subscriber.next({ kind: 'change', change: typed });
+  }
+
+  /** Runs a read, retrying with backoff while the database is unreachable. */
+  private async retrying(read: () => Promise<LogPage>): Promise<LogPage | undefined> {
+    for (let attempt = 1; ; attempt += 1) {
+      if (this.ended) return undefined;
+      try {
+        return await read();
+      } catch (error) {
+        if (this.context.closed() || error instanceof PgTideError) throw error;
+        this.context.logger.warn('pgtide: reading the change log failed; retrying', {
+          table: this.info?.qualified,
+          error: String(error),
+          attempt,
+        });
+        await sleep(backoffDelay(attempt));
+      }
+    }
+  }
+}
+
+/** Values of the key columns named by a `rowId` option. */
+function rowIdValues(info: TableInfo, rowId: unknown): Record<string, unknown> {
+  if (info.keyColumns.length === 1) {
+    const column = info.keyColumns[0]!;
+    if (typeof rowId === 'object' && rowId !== null && !Array.isArray(rowId) && column in rowId) {
+      return rowId as Record<string, unknown>;
+    }
+    return { [column]: rowId };
+  }
+  if (typeof rowId !== 'object' || rowId === null) {
+    throw new PgTideError(
+      'INVALID_OPTIONS',
+      `rowId: ${info.qualified} has a composite key; pass an object with ${info.keyColumns.join(', ')}`,
+      { option: 'rowId', table: info.qualified },
+    );
+  }
+  const missing = info.keyColumns.filter((column) => !(column in rowId));
+  if (missing.length > 0) {
+    throw new PgTideError('INVALID_OPTIONS', `rowId: missing key column(s) ${missing.join(', ')} of ${info.qualified}`, {
+      option: 'rowId',
+      table: info.qualified,
+    });
+  }
+  return rowId as Record<string, unknown>;
+}
+
+/**
+ * The per-stream filter and projection: rowId, columns, field. Returns the change to
+ * emit, or undefined to skip it.
+ */
+function selector<Row>(
+  info: TableInfo,
+  options: ChangesOptions<Row>,
+  rowKey: string | undefined,
+): (change: Change) => Change | undefined {
+  const watched = options.field !== undefined ? [options.field] : options.columns;
+  if (options.columns) assertColumns(info, options.columns, 'columns');
+  if (options.field !== undefined) assertColumns(info, [options.field], 'field');
+  const keep = watched ? new Set([...info.keyColumns, ...watched]) : undefined;
+  return (change) => {
+    if (rowKey !== undefined && rowKeyString(info.keyColumns, change.key) !== rowKey) return undefined;
+    if (!watched || !keep) return change;
+    if (change.op === 'update' && !change.changed.some((column) => watched.includes(column))) return undefined;
+    return { ...change, new: projectRow(change.new, keep), old: projectRow(change.old, keep) };
+  };
+}
+
+function validate<Row>(change: Change, options: ChangesOptions<Row>): Change<Row> {
+  const schema = options.schema;
+  if (!schema) return change as Change<Row>;
+  return {
+    ...change,
+    new: change.new === undefined ? undefined : schema.parse(change.new),
+    old: change.old === undefined ? undefined : schema.parse(change.old),
+  };
+}
+

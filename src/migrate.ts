@@ -1,0 +1,71 @@
+import type { Pool } from 'pg';
+import { PgTideError } from './errors.js';
+import { migrations } from './migrations.generated.js';
+import { inTransaction, type SchemaNames } from './sql.js';
+
+/** The schema version this build of pgtide installs. */
+export const latestVersion = migrations[migrations.length - 1]!.version;
+
+/**
+ * Brings the SDK's schema up to date: every pending migration, in one transaction,
+ * under an advisory lock keyed on the schema name, so concurrent installers queue and
+ * the later ones find nothing to do. A database ahead of this build is refused.
+ */
+export async function migrate(pool: Pool, schema: SchemaNames): Promise<void> {
+  // Fast path without the lock: an application role that cannot create schemas can
+  // still connect to an installed database.
+  if ((await installedVersion(pool, schema)) === latestVersion) return;
+  await inTransaction(pool, async (client) => {
+    await client.query(`SET LOCAL lock_timeout = '60s'`);
+    await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`pgtide:migrate:${schema.name}`]);
+    await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema.ident}`);
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS ${schema.ident}.migrations (
+         version integer PRIMARY KEY,
+         applied_at timestamptz NOT NULL DEFAULT now())`,
+    );
+    const { rows } = await client.query<{ version: number | null }>(
+      `SELECT max(version) AS version FROM ${schema.ident}.migrations`,
+    );
+    const current = rows[0]?.version ?? 0;
+    assertNotAhead(current, schema);
+    for (const migration of migrations) {
+      if (migration.version <= current) continue;
+      await client.query(`INSERT INTO ${schema.ident}.migrations (version) VALUES ($1)`, [migration.version]);
+      await client.query(substitute(migration.sql, schema));
+    }
+  });
+}
+
+async function installedVersion(pool: Pool, schema: SchemaNames): Promise<number> {
+  const { rows: found } = await pool.query<{ installed: boolean }>(
+    `SELECT to_regclass(format('%I.migrations', $1::text)) IS NOT NULL AS installed`,
+    [schema.name],
+  );
+  if (!found[0]?.installed) return 0;
+  const { rows } = await pool.query<{ version: number | null }>(
+    `SELECT max(version) AS version FROM ${schema.ident}.migrations`,
+  );
+  const version = rows[0]?.version ?? 0;
+  assertNotAhead(version, schema);
+  return version;
+}
+
+function assertNotAhead(version: number, schema: SchemaNames): void {
+  if (version > latestVersion) {
+    throw new PgTideError(
+      'SCHEMA_TOO_NEW',
+      `schema ${schema.ident} is at version ${version}, newer than this pgtide (${latestVersion}); upgrade pgtide`,
+      { schema: schema.name, version, supported: latestVersion },
+    );
+  }
+}
+
+function substitute(sql: string, schema: SchemaNames): string {
+  const values: Record<string, string> = {
+    ':SCHEMA_LITERAL_IDENT': schema.identLiteral,
+    ':SCHEMA': schema.ident,
+    ':CHANNEL': schema.literal,
+  };
+  return sql.replace(/:SCHEMA_LITERAL_IDENT|:SCHEMA|:CHANNEL/g, (token) => values[token]!);
+}

@@ -1,0 +1,108 @@
+import type { Pool } from 'pg';
+import { z } from 'zod';
+import { PgTideError } from './errors.js';
+import type { ChangesOptions, Logger, WatchOptions } from './types.js';
+
+/** Options of {@link connect}. */
+export interface ConnectOptions {
+  /** A PostgreSQL connection URI. Give this or `pool`. */
+  readonly connectionString?: string;
+  /** A `pg.Pool` the application already has. pgtide never ends it. Give this or `connectionString`. */
+  readonly pool?: Pool;
+  /** Name of the SDK's own schema (log, registry, capture function). Default `pgtide`. */
+  readonly schema?: string;
+  /** Where diagnostics go. Default: warnings and errors to `console`. */
+  readonly logger?: Logger;
+  /** Rows per log query, for replay and live reads. Default 1000. */
+  readonly pageSize?: number;
+  /**
+   * Milliseconds between reads of a table's log when no NOTIFY arrives: the bound on
+   * delay if a notification is missed or LISTEN is down. Default 1000.
+   */
+  readonly pollInterval?: number;
+}
+
+const nonEmpty = z.string().min(1, 'must not be empty');
+const isPool = (value: unknown): value is Pool =>
+  typeof value === 'object' && value !== null && 'connect' in value && 'query' in value && 'options' in value;
+const isLogger = (value: unknown): value is Logger =>
+  typeof value === 'object' &&
+  value !== null &&
+  ['debug', 'info', 'warn', 'error'].every((level) => typeof (value as Record<string, unknown>)[level] === 'function');
+
+const connectSchema = z
+  .strictObject({
+    connectionString: nonEmpty.optional(),
+    pool: z.custom<Pool>(isPool, 'must be a pg.Pool').optional(),
+    schema: nonEmpty.max(63, 'must be at most 63 bytes').optional(),
+    logger: z.custom<Logger>(isLogger, 'must have debug, info, warn and error methods').optional(),
+    pageSize: z.number().int().min(1).max(100_000).optional(),
+    pollInterval: z.number().int().min(10).optional(),
+  })
+  .refine((options) => (options.connectionString === undefined) !== (options.pool === undefined), {
+    message: 'give exactly one of connectionString and pool',
+    path: ['connectionString'],
+  });
+
+const startFromSchema = z.union([
+  z.literal('now'),
+  z.literal('beginning'),
+  z.strictObject({ after: z.string().regex(/^[1-9][0-9]{0,18}$/, 'must be a change id') }),
+]);
+
+const changesSchema = z
+  .strictObject({
+    columns: z.array(nonEmpty).min(1, 'must name at least one column').optional(),
+    rowId: z.unknown().optional(),
+    field: nonEmpty.optional(),
+    from: startFromSchema.optional(),
+    consumer: nonEmpty.max(200).optional(),
+    schema: z
+      .custom<z.ZodType>((value) => typeof value === 'object' && value !== null && 'parse' in value, 'must be a zod schema')
+      .optional(),
+  })
+  .refine((options) => options.field === undefined || options.rowId !== undefined, {
+    message: 'field needs rowId',
+    path: ['field'],
+  })
+  .refine((options) => options.rowId === undefined || options.rowId !== null, {
+    message: 'must not be null',
+    path: ['rowId'],
+  });
+
+const watchSchema = z.strictObject({
+  columns: z.array(nonEmpty).min(1, 'must name at least one column').optional(),
+});
+
+/** Validates with zod and turns the first problem into an `INVALID_OPTIONS` error naming the field. */
+function parseOptions<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const result = schema.safeParse(value ?? {});
+  if (result.success) return result.data;
+  const issues = result.error.issues.map((issue) => ({
+    path: issue.path.join('.'),
+    message: issue.message,
+  }));
+  const summary = issues.map((issue) => (issue.path ? `${issue.path}: ${issue.message}` : issue.message)).join('; ');
+  throw new PgTideError('INVALID_OPTIONS', `invalid ${what} options: ${summary}`, { issues }, { cause: result.error });
+}
+
+export function parseConnectOptions(value: unknown): ConnectOptions {
+  return parseOptions(connectSchema, value, 'connect') as ConnectOptions;
+}
+
+export function parseChangesOptions<Row>(value: unknown): ChangesOptions<Row> {
+  return parseOptions(changesSchema, value, 'changes$') as ChangesOptions<Row>;
+}
+
+export function parseWatchOptions(value: unknown): WatchOptions {
+  return parseOptions(watchSchema, value, 'watch');
+}
+
+export function parseTableArgument(table: unknown): string {
+  if (typeof table !== 'string' || table.length === 0) {
+    throw new PgTideError('INVALID_TABLE_NAME', `table must be a non-empty string, got ${JSON.stringify(table)}`, {
+      table,
+    });
+  }
+  return table;
+}

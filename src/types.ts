@@ -1,0 +1,117 @@
+import type { ZodType } from 'zod';
+
+/** The kind of row change a {@link Change} describes. */
+export type Operation = 'insert' | 'update' | 'delete';
+
+/** A row as pgtide delivers it when no row schema is given: column name to JSON value. */
+export type RowData = Record<string, unknown>;
+
+/**
+ * One committed change to one row of a watched table.
+ *
+ * @typeParam Row - the row type; `RowData` unless a `schema` was given to `changes$`.
+ */
+export interface Change<Row = RowData> {
+  /** The change's log id (a bigint, as a string). Unique; stable across restarts. */
+  readonly id: string;
+  /** Id of the transaction that wrote the change (`xid8`, as a string). */
+  readonly txid: string;
+  /** Schema of the changed table. */
+  readonly schema: string;
+  /** Name of the changed table. */
+  readonly table: string;
+  /** What happened to the row. */
+  readonly op: Operation;
+  /** The row's primary key, column name to value. */
+  readonly key: Record<string, unknown>;
+  /** The row after the change (insert, update). */
+  readonly new?: Row;
+  /** The row before the change (update, delete). */
+  readonly old?: Row;
+  /** Columns whose value differs; every column for insert and delete. */
+  readonly changed: readonly string[];
+  /**
+   * When the writing statement ran (`clock_timestamp()` in the capture trigger).
+   * PostgreSQL does not expose commit time without `track_commit_timestamp`; for a
+   * short transaction this is within its duration of the commit.
+   */
+  readonly committedAt: Date;
+}
+
+/**
+ * Where a stream without a durable cursor starts.
+ * - `'now'`: every change that commits after the stream is caught up (see {@link StreamEvent}).
+ * - `'beginning'`: everything still in the log.
+ * - `{ after: id }`: the changes delivered after the change with this id.
+ */
+export type StartFrom = 'now' | 'beginning' | { readonly after: string };
+
+/** Options of `tide.changes$()`. */
+export interface ChangesOptions<Row = RowData> {
+  /**
+   * Emit inserts and deletes, and updates only when at least one of these columns
+   * changed; `new`/`old` carry the key plus these columns.
+   */
+  readonly columns?: readonly string[];
+  /** Only this row: its primary-key value, or an object of key columns for a composite key. */
+  readonly rowId?: unknown;
+  /**
+   * One column of one row (needs `rowId`): emits when the row is inserted, when this
+   * field changes, and when the row is deleted.
+   */
+  readonly field?: string;
+  /** Where a stream without a durable cursor starts. Default `'now'`. */
+  readonly from?: StartFrom;
+  /**
+   * Durable consumer name. The stream resumes after the consumer's acknowledged
+   * position, and the log keeps every change the consumer has not acknowledged.
+   * On first use the consumer starts at `from`.
+   */
+  readonly consumer?: string;
+  /** Validates and types `new`/`old`. A row that fails errors the stream with `INVALID_ROW`. */
+  readonly schema?: ZodType<Row>;
+}
+
+/** Options of `tide.watch()`. */
+export interface WatchOptions {
+  /**
+   * Capture updates only when one of these columns changes. Watching a table again
+   * widens the set (union over all watchers); omitting it captures every column.
+   */
+  readonly columns?: readonly string[];
+}
+
+/**
+ * What a stream of `tide.events$()` emits: each change, and once the moment the
+ * stream has delivered everything committed before it went live.
+ */
+export type StreamEvent<Row = RowData> =
+  | { readonly kind: 'change'; readonly change: Change<Row> }
+  | {
+      /**
+       * The stream has replayed its backlog and now follows the live log: every
+       * change that commits from here on is delivered.
+       */
+      readonly kind: 'caught-up';
+    };
+
+/** A backend whose open transaction holds back delivery (see `tide.blockers()`). */
+export interface Blocker {
+  /** Backend process id (`pg_stat_activity.pid`). */
+  readonly pid: number;
+  /** Its transaction id. */
+  readonly txid: string;
+  /** Seconds since its transaction started. */
+  readonly ageSeconds: number;
+  readonly state: string | null;
+  readonly query: string | null;
+  readonly applicationName: string | null;
+}
+
+/** Where pgtide sends diagnostics. Compatible with `console` and most loggers. */
+export interface Logger {
+  debug(message: string, meta?: Record<string, unknown>): void;
+  info(message: string, meta?: Record<string, unknown>): void;
+  warn(message: string, meta?: Record<string, unknown>): void;
+  error(message: string, meta?: Record<string, unknown>): void;
+}
