@@ -40,6 +40,11 @@ export async function connect(options: ConnectOptions): Promise<Tide> {
   const parsed = parseConnectOptions(options);
   const ownsPool = parsed.pool === undefined;
   const pool = parsed.pool ?? new pg.Pool({ connectionString: parsed.connectionString, application_name: 'pgtide' });
+  if (ownsPool) {
+    // An idle client's error is emitted on the pool; unheard, it would crash the process.
+    const logger = parsed.logger ?? consoleLogger;
+    pool.on('error', (error) => logger.warn('pgtide: idle database connection failed', { error: error.message }));
+  }
   try {
     const schema = await resolveSchemaNames(pool, parsed.schema ?? 'pgtide');
     await migrate(pool, schema);

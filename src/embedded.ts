@@ -26,8 +26,11 @@ export interface EmbeddedPostgres {
   readonly dataDir: string;
   /** Connection string of another database on this server. */
   urlFor(database: string): string;
-  /** Stops the server (fast shutdown), keeping its data. */
-  stop(): Promise<void>;
+  /**
+   * Stops the server, keeping its data. `fast` (default) disconnects clients;
+   * `smart` waits for them to leave; `immediate` simulates a crash.
+   */
+  stop(mode?: 'smart' | 'fast' | 'immediate'): Promise<void>;
   /** Starts it again on the same port and data. */
   start(): Promise<void>;
   /** Stops the server and deletes its data. */
@@ -142,12 +145,13 @@ export async function startPostgres(options: EmbeddedOptions = {}): Promise<Embe
       child.on('error', reject);
       child.on('exit', (code) => reject(new Error(`postgres exited with ${code} before it was ready: ${log}`)));
     });
-  const stop = () =>
+  const signals = { smart: 'SIGTERM', fast: 'SIGINT', immediate: 'SIGQUIT' } as const;
+  const stop = (mode: 'smart' | 'fast' | 'immediate' = 'fast') =>
     new Promise<void>((resolve) => {
       const child = server;
-      if (!child || child.exitCode !== null) return resolve();
+      if (!child || child.exitCode !== null || child.signalCode !== null) return resolve();
       child.once('exit', () => resolve());
-      child.kill('SIGINT');
+      child.kill(signals[mode]);
     });
 
   await start();
@@ -163,7 +167,10 @@ export async function startPostgres(options: EmbeddedOptions = {}): Promise<Embe
     start,
     stop,
     async destroy() {
-      await stop();
+      // Let clients that are closing finish, so none sees an admin shutdown; then insist.
+      const fallback = setTimeout(() => void stop('fast'), 2_000);
+      await stop('smart');
+      clearTimeout(fallback);
       process.removeListener('exit', exitWithUs);
       rmSync(root, { recursive: true, force: true });
     },
