@@ -34,6 +34,26 @@ CREATE TABLE :SCHEMA.log (
 );
 CREATE INDEX log_relid_pos_id ON :SCHEMA.log (relid, pos, id);
 
+-- One page of one table's log in delivery order, after one position and up to another.
+-- The planner settings pin the plan to an ordered walk of log_relid_pos_id: right after
+-- a bulk write the log has no statistics, and a bitmap scan plus sort would then read
+-- the whole remaining log for every page. STABLE: it sees the calling statement's
+-- snapshot, so a horizon computed there bounds exactly the rows visible here.
+CREATE FUNCTION :SCHEMA.read_page(rel oid, after_pos bigint, after_id bigint, upto_pos bigint, upto_id bigint, page_size int)
+RETURNS SETOF :SCHEMA.log
+LANGUAGE sql
+STABLE
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET enable_sort = off
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT * FROM :SCHEMA.log l
+   WHERE l.relid = rel AND (l.pos, l.id) > (after_pos, after_id) AND (l.pos, l.id) <= (upto_pos, upto_id)
+   ORDER BY l.pos, l.id
+   LIMIT page_size
+$$;
+
 -- Watched tables: one row per table with the union of what its watchers need.
 CREATE TABLE :SCHEMA.watched (
   relid oid PRIMARY KEY,

@@ -78,15 +78,9 @@ export class LogReader {
       WITH snap AS (SELECT pg_current_snapshot() AS s)
       SELECT pg_snapshot_xmin(snap.s)::text AS horizon,
              pg_snapshot_xmin(snap.s) <> pg_snapshot_xmax(snap.s) AS in_flight, ${columns}
-        FROM snap LEFT JOIN LATERAL (
-          SELECT * FROM ${schema.ident}.log l
-           WHERE l.relid = $1 AND (l.pos, l.id) > ($2::int8, $3::int8)
-             AND l.pos <= pg_snapshot_xmin(snap.s)::text::int8
-           ORDER BY l.pos, l.id LIMIT $4) l ON true`;
-    this.toBound = `
-      SELECT ${columns} FROM ${schema.ident}.log l
-       WHERE l.relid = $1 AND (l.pos, l.id) > ($2::int8, $3::int8) AND (l.pos, l.id) <= ($4::int8, $5::int8)
-       ORDER BY l.pos, l.id LIMIT $6`;
+        FROM snap LEFT JOIN LATERAL ${schema.ident}.read_page(
+               $1, $2, $3, pg_snapshot_xmin(snap.s)::text::int8, ${MAX_ID}, $4) l ON true`;
+    this.toBound = `SELECT ${columns} FROM ${schema.ident}.read_page($1, $2, $3, $4, $5, $6) l`;
     this.horizonQuery = `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon`;
     this.idQuery = `SELECT pos::text, id::text FROM ${schema.ident}.log WHERE id = $1::int8 AND relid = $2`;
   }
