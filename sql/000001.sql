@@ -14,8 +14,10 @@ REVOKE ALL ON SCHEMA :SCHEMA FROM PUBLIC;
 --     still running (xid >= horizon) writes pos > horizon. So the rows at or below a
 --     horizon are final and complete: a reader never skips a row that commits later.
 --  2. For two successive changes A, B of the same row, B wrote after A committed, so
---     B's snapshot xmax >= A's pos: per-row order follows commit order. Ties fall back
---     to id, which is taken later for B.
+--     under READ COMMITTED B's (fresh) snapshot xmax >= A's pos: per-row order follows
+--     commit order. Ties fall back to id, which is taken later for B. Under REPEATABLE
+--     READ / SERIALIZABLE, B's snapshot may predate A's commit only when B (re)creates
+--     a key A removed; capture() refuses that case with a serialization failure.
 -- Ordering by txid alone would break 2 (a transaction takes its xid at its first write,
 -- not at commit); ordering by id alone would break 1.
 CREATE TABLE :SCHEMA.log (
@@ -64,6 +66,9 @@ CREATE TABLE :SCHEMA.watched (
   columns text[],
   -- The update capture statement, generated from the catalog by :SCHEMA.watch().
   update_sql text NOT NULL,
+  -- Whether the statement's new rows share a key with another row version its snapshot
+  -- sees (see capture()); run only outside READ COMMITTED.
+  clash_sql text NOT NULL,
   watched_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -85,12 +90,44 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-  xid xid8 := pg_current_xact_id();
-  -- A fresh snapshot per statement under READ COMMITTED; see the comment on the log.
-  position bigint := greatest(pg_snapshot_xmax(pg_current_snapshot())::text::bigint, xid::text::bigint + 1);
-  written timestamptz := clock_timestamp();
+  xid xid8;
+  position bigint;
+  written timestamptz;
+  registry record;
+  clash boolean;
+  strict_snapshot boolean;
   captured bigint;
 BEGIN
+  -- A statement that changed no row must not give a read-only transaction an xid.
+  IF TG_OP = 'INSERT' THEN
+    PERFORM FROM new_rows LIMIT 1;
+  ELSE
+    PERFORM FROM old_rows LIMIT 1;
+  END IF;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  xid := pg_current_xact_id();
+  -- Under READ COMMITTED this snapshot is taken now; see the comment on the log.
+  position := greatest(pg_snapshot_xmax(pg_current_snapshot())::text::bigint, xid::text::bigint + 1);
+  written := clock_timestamp();
+
+  strict_snapshot := current_setting('transaction_isolation') <> 'read committed';
+  IF TG_OP = 'UPDATE' OR (TG_OP = 'INSERT' AND strict_snapshot) THEN
+    SELECT w.update_sql, w.clash_sql INTO registry FROM :SCHEMA.watched w WHERE w.relid = TG_RELID;
+  END IF;
+  -- Under REPEATABLE READ or SERIALIZABLE the snapshot can predate the commit that
+  -- removed the previous version of a key this statement (re)creates; its position
+  -- could then sort before that change. The snapshot still sees the old version, so
+  -- the key shows up twice: refuse like a serialization failure, to be retried.
+  IF strict_snapshot AND TG_OP <> 'DELETE' THEN
+    EXECUTE registry.clash_sql INTO clash;
+    IF clash THEN
+      RAISE EXCEPTION 'pgtide: % re-creates a row key whose previous version was changed by a transaction that committed after this transaction''s snapshot', TG_TABLE_NAME
+        USING ERRCODE = 'serialization_failure', HINT = 'retry the transaction';
+    END IF;
+  END IF;
+
   IF TG_OP = 'INSERT' THEN
     INSERT INTO :SCHEMA.log (pos, txid, relid, op, new, written_at)
       SELECT position, xid, TG_RELID, 'i', to_jsonb(n), written FROM new_rows n;
@@ -98,13 +135,7 @@ BEGIN
     INSERT INTO :SCHEMA.log (pos, txid, relid, op, old, written_at)
       SELECT position, xid, TG_RELID, 'd', to_jsonb(o), written FROM old_rows o;
   ELSE
-    -- Skip planning the generated statement for an UPDATE that touched no row.
-    PERFORM FROM old_rows LIMIT 1;
-    IF NOT FOUND THEN
-      RETURN NULL;
-    END IF;
-    EXECUTE (SELECT w.update_sql FROM :SCHEMA.watched w WHERE w.relid = TG_RELID)
-      USING position, xid, written;
+    EXECUTE registry.update_sql USING position, xid, written;
   END IF;
   GET DIAGNOSTICS captured = ROW_COUNT;
   -- NOTIFY is only a wake-up, and it serialises committers on a cluster-wide lock. So
@@ -154,6 +185,8 @@ BEGIN
       FILTER (WHERE watched_columns IS NULL OR name = ANY (watched_columns))
   INTO changed_list, same_list, watched_test
   FROM cols;
+  -- Every watched column was dropped: only key changes (delete + insert) remain.
+  watched_test := coalesce(watched_test, 'false');
   SELECT string_agg(format('n.%1$I = o.%1$I', k), ' AND ') INTO join_on FROM unnest(key_columns) k;
 
   RETURN format(
@@ -169,6 +202,19 @@ FROM old_rows o FULL JOIN new_rows n ON %6$s
 WHERE o.%3$s IS NULL OR n.%3$s IS NULL OR %7$s$f$,
     :SCHEMA_LITERAL_IDENT, rel::oid, first_key, changed_list, same_list, join_on, watched_test);
 END
+$$;
+
+CREATE FUNCTION :SCHEMA.clash_sql(rel regclass, key_columns text[])
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  -- A correlated count, not a join: the planner knows the key is unique and a join would
+  -- stop at the first visible version.
+  SELECT format('SELECT EXISTS (SELECT FROM new_rows n WHERE (SELECT count(*) FROM %s t WHERE %s) > 1)',
+                rel, string_agg(format('t.%1$I = n.%1$I', k), ' AND '))
+    FROM unnest(key_columns) k
 $$;
 
 -- Install (or widen) capture for one table. Callers validate first for friendly errors;
@@ -204,13 +250,15 @@ BEGIN
     SELECT array_agg(DISTINCT c ORDER BY c) INTO merged FROM unnest(watch_columns) c;
   END IF;
 
-  INSERT INTO :SCHEMA.watched AS w (relid, schema_name, table_name, key_columns, columns, update_sql)
-  SELECT rel, n.nspname, c.relname, keys, merged, :SCHEMA.update_capture_sql(rel, keys, merged)
+  INSERT INTO :SCHEMA.watched AS w (relid, schema_name, table_name, key_columns, columns, update_sql, clash_sql)
+  SELECT rel, n.nspname, c.relname, keys, merged, :SCHEMA.update_capture_sql(rel, keys, merged),
+         :SCHEMA.clash_sql(rel, keys)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.oid = rel
   ON CONFLICT (relid) DO UPDATE
     SET schema_name = excluded.schema_name, table_name = excluded.table_name,
-        key_columns = excluded.key_columns, columns = excluded.columns, update_sql = excluded.update_sql;
+        key_columns = excluded.key_columns, columns = excluded.columns,
+        update_sql = excluded.update_sql, clash_sql = excluded.clash_sql;
 
   IF NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = trigger_prefix || 'insert') THEN
     EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %s.capture()',
@@ -238,6 +286,49 @@ BEGIN
   END LOOP;
   DELETE FROM :SCHEMA.watched w WHERE w.relid = rel;
   RETURN FOUND;
+END
+$$;
+
+-- The generated update statement names columns, so it must follow DDL: after ALTER TABLE
+-- on a watched table it is regenerated (a change that removes the primary key is refused,
+-- with a message to unwatch first), and a dropped table leaves the registry.
+CREATE FUNCTION :SCHEMA.follow_ddl() RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  w record;
+BEGIN
+  IF TG_EVENT = 'sql_drop' THEN
+    DELETE FROM :SCHEMA.watched ws
+     WHERE ws.relid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() d
+                         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
+    RETURN;
+  END IF;
+  FOR w IN
+    SELECT ws.relid, ws.columns FROM :SCHEMA.watched ws
+     WHERE ws.relid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() c WHERE c.classid = 'pg_class'::regclass)
+  LOOP
+    BEGIN
+      PERFORM :SCHEMA.watch(w.relid::regclass, w.columns);
+    EXCEPTION WHEN SQLSTATE 'PT001' THEN
+      RAISE EXCEPTION 'pgtide watches table %, which needs a primary key', w.relid::regclass
+        USING HINT = 'unwatch the table first (tide.unwatch), or keep a primary key';
+    END;
+  END LOOP;
+END
+$$;
+
+-- Event triggers need a superuser; without one, re-run watch() after altering a watched table.
+DO $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    EXECUTE format('CREATE EVENT TRIGGER %I ON ddl_command_end WHEN TAG IN (''ALTER TABLE'') EXECUTE FUNCTION %s.follow_ddl()',
+      :CHANNEL || '_follow_alter', :SCHEMA_LITERAL_IDENT);
+    EXECUTE format('CREATE EVENT TRIGGER %I ON sql_drop WHEN TAG IN (''DROP TABLE'', ''DROP SCHEMA'') EXECUTE FUNCTION %s.follow_ddl()',
+      :CHANNEL || '_follow_drop', :SCHEMA_LITERAL_IDENT);
+  END IF;
 END
 $$;
 

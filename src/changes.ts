@@ -118,6 +118,12 @@ class ChangeStream<Row> implements FeedMember {
           after: from.after,
         });
       }
+      // An id read outside pgtide may not be final yet: changes ordered before it can
+      // still commit. Start once the horizon has passed it.
+      for (let attempt = 1; (await this.context.reader.now()).pos < found.pos; attempt += 1) {
+        if (this.ended) return found;
+        await sleep(Math.min(100, 2 ** attempt));
+      }
       return found;
     };
     return this.options.consumer === undefined ? start() : this.context.consumerPosition(this.options.consumer, info, start);

@@ -20,7 +20,11 @@ export interface HubSettings {
   readonly pollInterval: number;
 }
 
-/** Longest wait between re-reads while transactions are in flight. */
+/**
+ * Re-read delays while transactions are in flight (cluster-wide, so on a busy server
+ * almost always): from `minBusyDelay`, doubling while nothing arrives.
+ */
+const minBusyDelay = 4;
 const maxBusyDelay = 64;
 
 /**
@@ -35,7 +39,7 @@ export class TableFeed {
   private again = false;
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
-  private busyDelay = 1;
+  private busyDelay = minBusyDelay;
   private failures = 0;
 
   constructor(
@@ -62,7 +66,9 @@ export class TableFeed {
       if (!members) this.byKey.set(member.rowKey, (members = new Set()));
       members.add(member);
     }
-    if (this.timer === undefined && !this.reading) this.schedule(this.settings.pollInterval);
+    // A new member may have replayed up to a horizon held back by open transactions,
+    // whose NOTIFY went to nobody: look at once rather than at the next poll.
+    if (this.size === 1) this.nudge();
   }
 
   remove(member: FeedMember): void {
@@ -127,10 +133,10 @@ export class TableFeed {
     if (inFlight) {
       // Open transactions hold back rows, and a writer among them may have left the
       // NOTIFY to another: look again soon, backing off while nothing arrives.
-      this.busyDelay = delivered ? 1 : Math.min(maxBusyDelay, this.busyDelay * 2);
+      this.busyDelay = delivered ? minBusyDelay : Math.min(maxBusyDelay, this.busyDelay * 2);
       this.schedule(this.busyDelay);
     } else {
-      this.busyDelay = 1;
+      this.busyDelay = minBusyDelay;
       this.schedule(this.settings.pollInterval);
     }
   }

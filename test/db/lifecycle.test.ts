@@ -200,3 +200,23 @@ describe('unwatch and close', () => {
     followed.unsubscribe();
   });
 });
+
+describe('LISTEN is only a hint', () => {
+  it('keeps delivering when the LISTEN backend is killed, and says so through the logger', async () => {
+    const warnings: string[] = [];
+    const logger = { ...quietLogger, warn: (message: string) => warnings.push(message) };
+    const watched = await db.tide({ logger, pollInterval: 100 });
+    const followed = follow(watched, 'items', { rowId: 5000 });
+    await followed.ready;
+    await db.pool.query(`
+      SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+       WHERE datname = current_database() AND application_name = 'pgtide:listen'`);
+    await db.pool.query(`INSERT INTO items VALUES (5000, 'written while LISTEN was down')`);
+    await eventually(() => followed.changes.length === 1, 'change delivered');
+    await eventually(() => warnings.some((message) => message.includes('LISTEN connection lost')), 'warning');
+    await eventually(async () => (await listenBackends()) >= 2, 'LISTEN re-established');
+    await db.pool.query(`UPDATE items SET name = 'after reconnect' WHERE id = 5000`);
+    await eventually(() => followed.changes.length === 2, 'change after reconnect');
+    followed.unsubscribe();
+  });
+});

@@ -170,3 +170,68 @@ describe('visibility', () => {
     followed.unsubscribe();
   });
 });
+
+describe('stricter isolation levels', () => {
+  for (const level of ['REPEATABLE READ', 'SERIALIZABLE']) {
+    it(`refuses, as a serialization failure, a ${level} insert that re-creates a key deleted after its snapshot`, async () => {
+      await db.pool.query(`INSERT INTO counters VALUES (900, 0)`);
+      const late = new pg.Client({ connectionString: db.url });
+      await late.connect();
+      try {
+        await late.query(`BEGIN ISOLATION LEVEL ${level}`);
+        await late.query(`INSERT INTO quiet VALUES (901, 'fixes snapshot and xid')`);
+        await db.pool.query(`DELETE FROM counters WHERE id = 900`);
+        await expect(late.query(`INSERT INTO counters VALUES (900, 1)`)).rejects.toMatchObject({ code: '40001' });
+        await late.query('ROLLBACK');
+      } finally {
+        await late.end();
+      }
+      await db.pool.query(`DELETE FROM quiet WHERE id = 901`);
+    });
+  }
+
+  it('lets ordinary REPEATABLE READ writes through, delivered in order', async () => {
+    const followed = follow(tide, 'counters', { rowId: 950 });
+    await followed.ready;
+    const client = await db.pool.connect();
+    try {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await client.query(`INSERT INTO counters VALUES (950, 1)`);
+      await client.query(`UPDATE counters SET value = 2 WHERE id = 950`);
+      await client.query('COMMIT');
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await client.query(`DELETE FROM counters WHERE id = 950`);
+      await client.query(`INSERT INTO counters VALUES (950, 3)`);
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+    await eventually(() => followed.changes.length === 4, 'four changes');
+    expect(followed.changes.map((change) => [change.op, change.new?.['value'] ?? null])).toEqual([
+      ['insert', 1],
+      ['update', 2],
+      ['delete', null],
+      ['insert', 3],
+    ]);
+    followed.unsubscribe();
+  });
+});
+
+describe('what holds delivery back', () => {
+  it('names the backend whose open transaction holds the horizon', async () => {
+    const holder = new pg.Client({ connectionString: db.url, application_name: 'long-report' });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`INSERT INTO quiet VALUES (700, 'open')`);
+      const pid = (await holder.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+      const blockers = await tide.blockers();
+      expect(blockers[0]).toMatchObject({ pid, applicationName: 'long-report', state: 'idle in transaction' });
+      expect(blockers[0]!.ageSeconds).toBeGreaterThanOrEqual(0);
+      expect(blockers[0]!.txid).toMatch(/^\d+$/);
+      await holder.query('ROLLBACK');
+    } finally {
+      await holder.end();
+    }
+  });
+});
