@@ -1,0 +1,112 @@
+import {
+  asyncScheduler,
+  Observable,
+  type MonoTypeOperatorFunction,
+  type SchedulerLike,
+  type Subscription,
+} from 'rxjs';
+import { PgTideError } from '../src/errors.js';
+import type { Change } from '../src/types.js';
+import { rowKey } from './rowKey.js';
+
+/**
+ * Emits, for each row, only the latest change once `ms` milliseconds pass without another
+ * change to that row.
+ *
+ * Intuition: `debounceTime(ms)` run separately for every row key ({@link rowKey}).
+ *
+ * ```
+ * source:               -a-bc-------|     (a, c: row 1; b: row 2; one frame = 1 ms)
+ * debounceByKey(4):     -------bc---|     (a is superseded by c)
+ *
+ * source:               -a-b-|
+ * debounceByKey(10):    -----(ab|)        (pending changes flushed on complete)
+ * ```
+ *
+ * A row's change never waits for another row's: each key has its own timer, restarted
+ * by each change to that row. When the source completes, the pending changes are emitted
+ * at once, in the order their timers would have fired (the order of each row's latest
+ * change), then the output completes. A source error is passed on at once and pending
+ * changes are dropped. Unsubscribing cancels every timer. Memory: one entry per row with
+ * a change pending, released when it is emitted.
+ *
+ * Superseded changes are never delivered. Since every row waits the same `ms`, changes are
+ * emitted in the order of their arrival, so ids stay increasing and a cursor-style
+ * acknowledgement of an emitted change also covers the superseded changes before it.
+ *
+ * @example
+ * ```ts
+ * import { debounceByKey } from 'pgtide/operators';
+ *
+ * tide.changes$('users').pipe(debounceByKey(500))
+ *   .subscribe((c) => console.log(c.key, c.new?.name));
+ * // UPDATE users SET name = 'A' WHERE id = 1;
+ * // UPDATE users SET name = 'B' WHERE id = 1;  -- within 500 ms
+ * // UPDATE users SET name = 'X' WHERE id = 2;
+ * // Logs (500 ms after each row's last update):
+ * // { id: 1 } B
+ * // { id: 2 } X
+ * ```
+ * @param ms - quiet time per row, in milliseconds; a finite number >= 0.
+ * @param scheduler - schedules the timers; `asyncScheduler` by default.
+ * @returns an operator emitting each row's latest change after it settles.
+ * @throws PgTideError `INVALID_OPTIONS` if `ms` is negative, `NaN` or infinite.
+ */
+export function debounceByKey<Row>(ms: number, scheduler: SchedulerLike = asyncScheduler): MonoTypeOperatorFunction<Change<Row>> {
+  if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) {
+    throw new PgTideError('INVALID_OPTIONS', `debounceByKey(): ms must be a finite number >= 0, got ${String(ms)}`, { ms });
+  }
+  return (source) =>
+    new Observable<Change<Row>>((subscriber) => {
+      // Insertion order = order of each row's latest change = order the timers fire in,
+      // because every timer has the same delay: a new change moves its row to the end.
+      const pending = new Map<string, { readonly change: Change<Row>; readonly timer: Subscription }>();
+
+      const clear = (): void => {
+        for (const entry of pending.values()) entry.timer.unsubscribe();
+        pending.clear();
+      };
+
+      const upstream = source.subscribe({
+        next: (change) => {
+          let key: string;
+          try {
+            key = rowKey(change);
+          } catch (err) {
+            subscriber.error(err);
+            return;
+          }
+          const previous = pending.get(key);
+          if (previous) {
+            previous.timer.unsubscribe();
+            pending.delete(key);
+          }
+          const timer = scheduler.schedule(() => {
+            // Forget the row before emitting: a re-entrant change to it must start a new timer.
+            pending.delete(key);
+            subscriber.next(change);
+          }, ms);
+          pending.set(key, { change, timer });
+        },
+        error: (err: unknown) => {
+          clear();
+          subscriber.error(err);
+        },
+        complete: () => {
+          // Take the pending changes out first, so re-entrant code sees an empty map.
+          const flush = [...pending.values()];
+          pending.clear();
+          for (const entry of flush) {
+            entry.timer.unsubscribe();
+            subscriber.next(entry.change);
+          }
+          subscriber.complete();
+        },
+      });
+
+      return () => {
+        upstream.unsubscribe();
+        clear();
+      };
+    });
+}

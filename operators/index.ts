@@ -1,0 +1,14 @@
+export { batchChanges } from './batchChanges.js';
+export type { BatchOptions } from './batchChanges.js';
+export { coalesce } from './coalesce.js';
+export { debounceByKey } from './debounceByKey.js';
+export { filterRows } from './filterRows.js';
+export { groupByRow } from './groupByRow.js';
+export type { GroupByRowOptions } from './groupByRow.js';
+export { ofOperation } from './ofOperation.js';
+export type { ChangeOf } from './ofOperation.js';
+export { rowKey } from './rowKey.js';
+export type { RowIdentity } from './rowKey.js';
+export { whereChanged } from './whereChanged.js';
+export { withPrevious } from './withPrevious.js';
+export type { ChangeWithPrevious } from './withPrevious.js';

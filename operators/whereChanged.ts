@@ -1,0 +1,50 @@
+import { filter, type MonoTypeOperatorFunction } from 'rxjs';
+import { PgTideError } from '../src/errors.js';
+import type { Change } from '../src/types.js';
+
+/**
+ * Emits every insert and delete, and only those updates that changed at least one of
+ * `columns`.
+ *
+ * Intuition: "did anything I care about change?", judged by each update's `changed` list.
+ *
+ * ```
+ * source:                   --i--u(name)--u(email)--d--|
+ * whereChanged('email'):    --i-----------u(email)--d--|
+ * ```
+ *
+ * The test is on column names in `changed` only; values are not compared.
+ *
+ * @example
+ * ```ts
+ * import { whereChanged } from 'pgtide/operators';
+ *
+ * tide.changes$('users').pipe(whereChanged('email'))
+ *   .subscribe((c) => console.log(c.op, c.changed));
+ * // INSERT INTO users (id, name, email) VALUES (1, 'Ann', 'a@x');
+ * // UPDATE users SET name = 'Bo' WHERE id = 1;
+ * // UPDATE users SET email = 'b@x' WHERE id = 1;
+ * // Logs:
+ * // insert [ 'id', 'name', 'email' ]
+ * // update [ 'email' ]
+ * ```
+ * @param columns - column names; at least one.
+ * @returns an operator that drops the updates touching none of `columns`.
+ * @throws PgTideError `INVALID_OPTIONS` if `columns` is empty or holds a non-string.
+ */
+export function whereChanged<Row>(...columns: [string, ...string[]]): MonoTypeOperatorFunction<Change<Row>> {
+  const list: readonly unknown[] = columns;
+  if (list.length === 0) {
+    throw new PgTideError('INVALID_OPTIONS', 'whereChanged() needs at least one column name', { columns: [] });
+  }
+  for (const column of list) {
+    if (typeof column !== 'string' || column === '') {
+      throw new PgTideError('INVALID_OPTIONS', `whereChanged(): column names must be non-empty strings, got ${String(column)}`, {
+        columns: [...list],
+        invalid: column,
+      });
+    }
+  }
+  const watched = new Set(columns);
+  return filter((change) => change.op !== 'update' || change.changed.some((column) => watched.has(column)));
+}

@@ -1,0 +1,59 @@
+import { defer, map, type OperatorFunction } from 'rxjs';
+import type { Change } from '../src/types.js';
+import { rowKey } from './rowKey.js';
+
+/** What {@link withPrevious} emits: a change and the change before it to the same row. */
+export interface ChangeWithPrevious<Row> {
+  readonly change: Change<Row>;
+  /** The last change to the same row seen by this subscription; `undefined` for the first. */
+  readonly previous: Change<Row> | undefined;
+}
+
+/**
+ * Pairs each change with the previous change to the same row, as seen by this
+ * subscription.
+ *
+ * Intuition: `pairwise()` per row key ({@link rowKey}), starting with `undefined`.
+ *
+ * ```
+ * source:          --a1--b1--a2--a3--|          (letter = row, digit = its nth change)
+ * withPrevious():  --w---x---y---z---|
+ *                    w = { change: a1, previous: undefined }, x = { change: b1, previous: undefined }
+ *                    y = { change: a2, previous: a1 },        z = { change: a3, previous: a2 }
+ * ```
+ *
+ * A delete is a change like any other: an insert that recreates the row gets the delete
+ * as `previous`. Each subscription keeps its own memory, one entry per distinct row it
+ * has seen, for as long as it lasts; prefer `groupByRow` with a `duration` for streams
+ * over an unbounded set of rows.
+ *
+ * @example
+ * ```ts
+ * import { withPrevious } from 'pgtide/operators';
+ *
+ * tide.changes$('users').pipe(withPrevious())
+ *   .subscribe(({ change, previous }) => console.log(change.op, previous?.op));
+ * // INSERT INTO users (id, name) VALUES (1, 'Ann');
+ * // UPDATE users SET name = 'Bo' WHERE id = 1;
+ * // Logs:
+ * // insert undefined
+ * // update insert
+ * ```
+ * @returns an operator emitting `{ change, previous }` for each change.
+ * @see groupByRow
+ */
+export function withPrevious<Row>(): OperatorFunction<Change<Row>, ChangeWithPrevious<Row>> {
+  return (source) =>
+    defer(() => {
+      // Created per subscription, so two subscribers never share history.
+      const last = new Map<string, Change<Row>>();
+      return source.pipe(
+        map((change): ChangeWithPrevious<Row> => {
+          const key = rowKey(change);
+          const previous = last.get(key);
+          last.set(key, change);
+          return { change, previous };
+        }),
+      );
+    });
+}

@@ -1,0 +1,248 @@
+import { mergeMap, of } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { describe, expect, it } from 'vitest';
+import { coalesce } from '../../operators/coalesce.js';
+import type { Change } from '../../src/types.js';
+import { committedAt, del, ins, upd, type User } from './fixtures.js';
+
+const ann: User = { id: 1, name: 'Ann', email: 'a@x' };
+const al: User = { id: 1, name: 'Al', email: 'a@x' };
+const alb: User = { id: 1, name: 'Al', email: 'b@x' };
+const bo: User = { id: 2, name: 'Bo' };
+const bea: User = { id: 2, name: 'Bea' };
+const cy: User = { id: 3, name: 'Cy' };
+
+/** A change built field by field, for the expected merged results. */
+function change(fields: Omit<Change<User>, 'schema' | 'table' | 'committedAt' | 'txid'> & { txid?: string }): Change<User> {
+  return { schema: 'public', table: 'users', committedAt, txid: `tx${fields.id}`, ...fields };
+}
+
+describe('coalesce', () => {
+  let testScheduler: TestScheduler;
+  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+
+  /** Runs one batch through coalesce() and expects `net`, or no emission at all if `net` is empty. */
+  function expectNet(batch: Change<User>[], net: Change<User>[]): void {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --x--|', { x: batch });
+      const e1subs = '  ^----!';
+      const expected = net.length > 0 ? '--y--|' : '-----|';
+
+      expectObservable(e1.pipe(coalesce())).toBe(expected, { y: net });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  }
+
+  it('merges update + update into one update: first old, last new, union of changed, last id and txid', () => {
+    expectNet(
+      [upd('1', al, ann, ['name'], { txid: '100' }), upd('2', alb, al, ['email'], { txid: '101' })],
+      [change({ id: '2', txid: '101', op: 'update', key: { id: 1 }, old: ann, new: alb, changed: ['name', 'email'] })],
+    );
+  });
+
+  it('keeps a column that changed and changed back in the union', () => {
+    expectNet(
+      [upd('1', al, ann, ['name']), upd('2', ann, al, ['name'])],
+      [change({ id: '2', op: 'update', key: { id: 1 }, old: ann, new: ann, changed: ['name'] })],
+    );
+  });
+
+  it('merges insert + update into an insert with the final row', () => {
+    expectNet(
+      [ins('1', ann), upd('2', al, ann, ['name'])],
+      [change({ id: '2', op: 'insert', key: { id: 1 }, new: al, changed: ['id', 'name', 'email'] })],
+    );
+  });
+
+  it('drops insert + delete, and never emits an empty batch', () => {
+    expectNet([ins('1', ann), upd('2', al, ann), del('3', al)], []);
+  });
+
+  it('merges update + delete into a delete of the row as it was before the batch', () => {
+    expectNet(
+      [upd('1', al, ann, ['name']), upd('2', alb, al, ['email']), del('3', alb)],
+      [change({ id: '3', op: 'delete', key: { id: 1 }, old: ann, changed: ['id', 'name', 'email'] })],
+    );
+  });
+
+  it('merges delete + insert into an update listing the columns whose values differ', () => {
+    const replaced: User = { id: 1, name: 'Ann', email: 'z@x', active: true };
+    expectNet(
+      [del('1', ann), ins('2', replaced)],
+      [change({ id: '2', op: 'update', key: { id: 1 }, old: ann, new: replaced, changed: ['email', 'active'] })],
+    );
+  });
+
+  it('turns delete + identical insert into an update with no changed column', () => {
+    expectNet([del('1', ann), ins('2', ann)], [change({ id: '2', op: 'update', key: { id: 1 }, old: ann, new: ann, changed: [] })]);
+  });
+
+  it('compares nested values structurally for delete + insert', () => {
+    type Doc = { id: number; tags: string[]; meta: { a: number } };
+    const before: Doc = { id: 1, tags: ['x'], meta: { a: 1 } };
+    const after: Doc = { id: 1, tags: ['x'], meta: { a: 2 } };
+    const common = { schema: 'public', table: 'docs', key: { id: 1 }, committedAt } as const;
+    const deletion: Change<Doc> = { ...common, id: '1', txid: 'tx1', op: 'delete', old: before, changed: ['id', 'tags', 'meta'] };
+    const insertion: Change<Doc> = { ...common, id: '2', txid: 'tx2', op: 'insert', new: after, changed: ['id', 'tags', 'meta'] };
+    const merged: Change<Doc> = { ...common, id: '2', txid: 'tx2', op: 'update', old: before, new: after, changed: ['meta'] };
+
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  --x--|', { x: [deletion, insertion] });
+      const expected = '--y--|';
+      expectObservable(e1.pipe(coalesce())).toBe(expected, { y: [merged] });
+    });
+  });
+
+  it('treats insert, delete, insert as the last insert', () => {
+    const again = ins('3', al);
+    expectNet([ins('1', ann), del('2', ann), again], [again]);
+  });
+
+  it('lets the later change win after an impossible sequence', () => {
+    const second = ins('2', al);
+    expectNet([ins('1', ann), second], [second]);
+    const update = upd('2', al, ann);
+    expectNet([del('1', ann), update], [update]);
+  });
+
+  it('orders rows by the position of their last change and keeps the last committedAt', () => {
+    const later = new Date('2024-01-01T00:00:05.000Z');
+    const a1 = ins('1', ann);
+    const b1 = upd('2', bea, bo, ['name']);
+    const a2 = { ...upd('3', al, ann, ['name']), committedAt: later };
+    const c1 = ins('4', cy);
+    expectNet(
+      [a1, b1, a2, c1],
+      [b1, { ...change({ id: '3', op: 'insert', key: { id: 1 }, new: al, changed: ['id', 'name', 'email'] }), committedAt: later }, c1],
+    );
+  });
+
+  it('passes a row with a single change through as the same object', () => {
+    const a1 = ins('1', ann);
+    const b1 = ins('2', bo);
+    const seen: Change<User>[][] = [];
+    of([a1, b1]).pipe(coalesce()).subscribe((net) => seen.push(net));
+    expect(seen).toHaveLength(1);
+    expect(seen[0]?.[0]).toBe(a1);
+    expect(seen[0]?.[1]).toBe(b1);
+  });
+
+  it('keeps rows of different tables apart and merges a numeric key with its string form', () => {
+    const other = ins('2', ann, { table: 'admins' });
+    const asString = upd('3', al, ann, ['name'], { key: { id: '1' } });
+    expectNet(
+      [ins('1', ann), other, asString],
+      [other, change({ id: '3', op: 'insert', key: { id: '1' }, new: al, changed: ['id', 'name', 'email'] })],
+    );
+  });
+
+  it('coalesces each batch on its own', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const i1 = ins('1', ann);
+      const u1 = upd('2', al, ann, ['name']);
+      const e1 = hot('  --x--y--z--|', { x: [i1], y: [u1, del('3', al)], z: [ins('4', bo), del('5', bo)] });
+      const e1subs = '  ^----------!';
+      const expected = '--x--y-----|';
+
+      expectObservable(e1.pipe(coalesce())).toBe(expected, {
+        x: [i1],
+        y: [change({ id: '3', op: 'delete', key: { id: 1 }, old: ann, changed: ['id', 'name', 'email'] })],
+      });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should handle an empty batch by emitting nothing', () => {
+    expectNet([], []);
+  });
+
+  it('should handle empty', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>[]>('  |  ');
+      const e1subs = '                   (^!)';
+      const expected = '                 |   ';
+
+      expectObservable(e1.pipe(coalesce())).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should handle never', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>[]>('  -');
+      const e1subs = '                   ^';
+      const expected = '                 -';
+
+      expectObservable(e1.pipe(coalesce())).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should pass through an error', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const a1 = ins('1', ann);
+      const e1 = hot('  --x--#', { x: [a1] });
+      const e1subs = '  ^----!';
+      const expected = '--x--#';
+
+      expectObservable(e1.pipe(coalesce())).toBe(expected, { x: [a1] });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should send an error downstream when a key cannot be encoded', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const bad = ins('2', bo, { key: { id: { n: 2n } } });
+      const e1 = hot('  --x--y--|', { x: [ins('1', ann)], y: [bad] });
+      const e1subs = '  ^----!   ';
+      const expected = '--x--#   ';
+
+      expectObservable(e1.pipe(coalesce())).toBe(
+        expected,
+        { x: [ins('1', ann)] },
+        new TypeError('Do not know how to serialize a BigInt'),
+      );
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should allow unsubscribing early and explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const a1 = ins('1', ann);
+      const e1 = hot('  --x--y--|', { x: [a1], y: [ins('2', bo)] });
+      const e1subs = '  ^---!    ';
+      const unsub = '   ----!    ';
+      const expected = '--x--    ';
+
+      expectObservable(e1.pipe(coalesce()), unsub).toBe(expected, { x: [a1] });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should not break unsubscription chains when unsubscribed explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const a1 = ins('1', ann);
+      const e1 = hot('  --x--y--|', { x: [a1], y: [ins('2', bo)] });
+      const e1subs = '  ^---!    ';
+      const unsub = '   ----!    ';
+      const expected = '--x--    ';
+
+      const result = e1.pipe(
+        mergeMap((batch) => of(batch)),
+        coalesce(),
+        mergeMap((batch) => of(batch)),
+      );
+      expectObservable(result, unsub).toBe(expected, { x: [a1] });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+});

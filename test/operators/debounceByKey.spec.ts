@@ -1,0 +1,216 @@
+import { mergeMap, of } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { describe, expect, it } from 'vitest';
+import { debounceByKey } from '../../operators/debounceByKey.js';
+import type { Change } from '../../src/types.js';
+import { CountingScheduler, del, ins, upd, type User } from './fixtures.js';
+
+// Row 1: a, c, e; row 2: b, d.
+const values = {
+  a: ins('1', { id: 1, name: 'Ann' }),
+  b: ins('2', { id: 2, name: 'Bo' }),
+  c: upd('3', { id: 1, name: 'Al' }, { id: 1, name: 'Ann' }),
+  d: upd('4', { id: 2, name: 'Bea' }, { id: 2, name: 'Bo' }),
+  e: del('5', { id: 1, name: 'Al' }),
+};
+
+describe('debounceByKey', () => {
+  let testScheduler: TestScheduler;
+  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+
+  it('emits a row\'s last change once the row has been quiet for ms', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  -a-c-e-------|', values);
+      const e1subs = '  ^------------!';
+      const expected = '--------e----|';
+
+      expectObservable(e1.pipe(debounceByKey(3))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('emits a change after ms when nothing follows it', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -a------c-----|', values);
+      const expected = '----a------c--|';
+
+      expectObservable(e1.pipe(debounceByKey(3))).toBe(expected, values);
+    });
+  });
+
+  it('does not delay one row because of another', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      // Row 2 (b) settles at 2+4 = 6 although row 1 keeps changing until 6.
+      const e1 = hot('  -ab-c-e---------|', values);
+      const expected = '------b---e-----|';
+
+      expectObservable(e1.pipe(debounceByKey(4))).toBe(expected, values);
+    });
+  });
+
+  it('restarts only the timer of the row that changed', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -ab-d-c---------|', values);
+      const expected = '-----a--d-c-----|';
+
+      expectObservable(e1.pipe(debounceByKey(4))).toBe(expected, values);
+    });
+  });
+
+  it('flushes pending changes on complete in the order their timers would fire', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      // Row 1 first seen first, but its latest change (c) came after row 2's (b).
+      const e1 = hot('  -abc-|    ', values);
+      const e1subs = '  ^----!    ';
+      const expected = '-----(bc|)';
+
+      expectObservable(e1.pipe(debounceByKey(10))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('emits in the same frame when ms is 0', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -a-c-|', values);
+      const expected = '-a-c-|';
+
+      expectObservable(e1.pipe(debounceByKey(0))).toBe(expected, values);
+    });
+  });
+
+  it('treats the same key in another table as another row', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const other = ins('9', { id: 1, name: 'Ann' }, { table: 'admins' });
+      const e1 = hot('  -ao------|', { a: values.a, o: other });
+      const expected = '----ao---|';
+
+      expectObservable(e1.pipe(debounceByKey(3))).toBe(expected, { a: values.a, o: other });
+    });
+  });
+
+  it('treats a numeric key and its string form as the same row', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const asString = upd('9', { id: 1, name: 'Al' }, { id: 1, name: 'Ann' }, ['name'], { key: { id: '1' } });
+      const e1 = hot('  -as------|', { a: values.a, s: asString });
+      const expected = '-----s---|';
+
+      expectObservable(e1.pipe(debounceByKey(3))).toBe(expected, { s: asString });
+    });
+  });
+
+  it('uses the scheduler it is given', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const counting = new CountingScheduler(testScheduler);
+      const e1 = hot('  -a-b------|', values);
+      const expected = '----a-b---|';
+
+      expectObservable(e1.pipe(debounceByKey(3, counting))).toBe(expected, values);
+      testScheduler.flush();
+      expect(counting.runs).toBe(2);
+    });
+  });
+
+  it('should handle empty', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>>('  |  ');
+      const e1subs = '                 (^!)';
+      const expected = '               |   ';
+
+      expectObservable(e1.pipe(debounceByKey(3))).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should handle never', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>>('  -');
+      const e1subs = '                 ^';
+      const expected = '               -';
+
+      expectObservable(e1.pipe(debounceByKey(3))).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should pass an error through at once and drop pending changes', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const counting = new CountingScheduler(testScheduler);
+      const e1 = hot('  -a--b-#', values);
+      const e1subs = '  ^-----!';
+      const expected = '----a-#';
+
+      expectObservable(e1.pipe(debounceByKey(3, counting))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+      testScheduler.flush();
+      // b's timer (due at 7) was cancelled by the error.
+      expect(counting.runs).toBe(1);
+    });
+  });
+
+  it('should send an error downstream when a key cannot be encoded', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const bad = ins('9', { id: 9, name: 'Big' }, { key: { id: { n: 1n } } });
+      const e1 = hot('  -a-x---|', { a: values.a, x: bad });
+      const e1subs = '  ^--!    ';
+      const expected = '---#    ';
+
+      expectObservable(e1.pipe(debounceByKey(3))).toBe(expected, values, new TypeError('Do not know how to serialize a BigInt'));
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should allow unsubscribing early and explicitly, cancelling timers', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const counting = new CountingScheduler(testScheduler);
+      const e1 = hot('  -a-b------|', values);
+      const e1subs = '  ^----!     ';
+      const unsub = '   -----!     ';
+      const expected = '----a-     ';
+
+      expectObservable(e1.pipe(debounceByKey(3, counting)), unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+      testScheduler.flush();
+      // b's timer (due at 6) was cancelled at 5: only a's ran.
+      expect(counting.runs).toBe(1);
+    });
+  });
+
+  it('should not break unsubscription chains when unsubscribed explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  -a-b------|', values);
+      const e1subs = '  ^-----!    ';
+      const unsub = '   ------!    ';
+      const expected = '----a--    ';
+
+      const result = e1.pipe(
+        mergeMap((change) => of(change)),
+        debounceByKey(3),
+        mergeMap((change) => of(change)),
+      );
+      expectObservable(result, unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('throws INVALID_OPTIONS for a negative, NaN or infinite ms', () => {
+    for (const ms of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => debounceByKey(ms)).toThrow(expect.objectContaining({ name: 'PgTideError', code: 'INVALID_OPTIONS', details: { ms } }));
+    }
+    expect(() => debounceByKey(0)).not.toThrow();
+  });
+});

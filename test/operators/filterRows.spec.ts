@@ -1,0 +1,152 @@
+import { mergeMap, of } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { describe, expect, it } from 'vitest';
+import { filterRows } from '../../operators/filterRows.js';
+import type { Change } from '../../src/types.js';
+import { del, ins, upd, type User } from './fixtures.js';
+
+const values = {
+  a: ins('1', { id: 1, name: 'Ann', active: true }),
+  b: ins('2', { id: 2, name: 'Bo', active: false }),
+  c: upd('3', { id: 2, name: 'Bo', active: true }, { id: 2, name: 'Bo', active: false }),
+  o: upd('4', { id: 1, name: 'Ann', active: false }, { id: 1, name: 'Ann', active: true }),
+  d: del('5', { id: 2, name: 'Bo', active: true }),
+  e: del('6', { id: 1, name: 'Ann', active: false }),
+};
+const isActive = (row: User): boolean => row.active === true;
+
+describe('filterRows', () => {
+  let testScheduler: TestScheduler;
+  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+
+  it('tests the new row of inserts and updates and the old row of deletes', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --a--b--c--o--d--e--|', values);
+      const e1subs = '  ^-------------------!';
+      const expected = '--a-----c-----d-----|';
+
+      expectObservable(e1.pipe(filterRows(isActive))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('passes the whole change as the second argument', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  --a--b--c--o--d--e--|', values);
+      const expected = '-----------o-----e--|';
+
+      expectObservable(e1.pipe(filterRows<User>((row, change) => row.id === 1 && change.op !== 'insert'))).toBe(
+        expected,
+        values,
+      );
+    });
+  });
+
+  it('drops a change without the row to test, without calling the predicate', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const { new: _dropped, ...bare } = values.a;
+      const noRow: Change<User> = bare;
+      const calls: User[] = [];
+      const e1 = hot('  --n--a--|', { n: noRow, a: values.a });
+      const expected = '-----a--|';
+
+      const result = e1.pipe(
+        filterRows((row) => {
+          calls.push(row);
+          return true;
+        }),
+      );
+      expectObservable(result).toBe(expected, values);
+      testScheduler.flush();
+      expect(calls).toEqual([values.a.new]);
+    });
+  });
+
+  it('should handle empty', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>>('  |  ');
+      const e1subs = '                 (^!)';
+      const expected = '               |   ';
+
+      expectObservable(e1.pipe(filterRows(isActive))).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should handle never', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>>('  -');
+      const e1subs = '                 ^';
+      const expected = '               -';
+
+      expectObservable(e1.pipe(filterRows(isActive))).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should pass through an error', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --a--b--#', values);
+      const e1subs = '  ^-------!';
+      const expected = '--a-----#';
+
+      expectObservable(e1.pipe(filterRows(isActive))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should send an error thrown by the predicate downstream and unsubscribe', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --a--b--c--|', values);
+      const e1subs = '  ^----!      ';
+      const expected = '--a--#      ';
+
+      const result = e1.pipe(
+        filterRows((row) => {
+          if (row.id === 2) throw new Error('boom');
+          return true;
+        }),
+      );
+      expectObservable(result).toBe(expected, values, new Error('boom'));
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should allow unsubscribing early and explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --a--c--d--|', values);
+      const e1subs = '  ^-------!   ';
+      const unsub = '   --------!   ';
+      const expected = '--a--c---   ';
+
+      expectObservable(e1.pipe(filterRows(isActive)), unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should not break unsubscription chains when unsubscribed explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --a--c--d--|', values);
+      const e1subs = '  ^-------!   ';
+      const unsub = '   --------!   ';
+      const expected = '--a--c---   ';
+
+      const result = e1.pipe(
+        mergeMap((change) => of(change)),
+        filterRows(isActive),
+        mergeMap((change) => of(change)),
+      );
+      expectObservable(result, unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+});

@@ -1,0 +1,134 @@
+import { mergeMap, of, type Observable } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { describe, expect, expectTypeOf, it } from 'vitest';
+import { ofOperation, type ChangeOf } from '../../operators/ofOperation.js';
+import { PgTideError } from '../../src/errors.js';
+import type { Change, Operation } from '../../src/types.js';
+import { del, ins, upd, type User } from './fixtures.js';
+
+const values = {
+  i: ins('1', { id: 1, name: 'Ann' }),
+  u: upd('2', { id: 1, name: 'Bo' }, { id: 1, name: 'Ann' }),
+  d: del('3', { id: 1, name: 'Bo' }),
+  v: upd('4', { id: 2, name: 'Cy' }, { id: 2, name: 'Al' }),
+};
+
+describe('ofOperation', () => {
+  let testScheduler: TestScheduler;
+  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+
+  it('keeps only changes of the given operation', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--u--d--v--|', values);
+      const e1subs = '  ^-------------!';
+      const expected = '-----u-----v--|';
+
+      expectObservable(e1.pipe(ofOperation<User, 'update'>('update'))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('keeps changes of any of several operations', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--u--d--v--|', values);
+      const e1subs = '  ^-------------!';
+      const expected = '--i-----d-----|';
+
+      expectObservable(e1.pipe(ofOperation('insert', 'delete'))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('narrows op and keeps the row type', () => {
+    const source: Observable<Change<User>> = of(values.i, values.u);
+    const inserts = source.pipe(ofOperation('insert'));
+    expectTypeOf(inserts).toEqualTypeOf<Observable<ChangeOf<User, 'insert'>>>();
+    expectTypeOf<ChangeOf<User, 'insert' | 'delete'>['op']>().toEqualTypeOf<'insert' | 'delete'>();
+
+    const seen: Operation[] = [];
+    inserts.subscribe((change) => {
+      const op: 'insert' = change.op;
+      seen.push(op);
+    });
+    expect(seen).toEqual(['insert']);
+  });
+
+  it('should handle empty', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>>('  |  ');
+      const e1subs = '                 (^!)';
+      const expected = '               |   ';
+
+      expectObservable(e1.pipe(ofOperation('insert'))).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should handle never', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>>('  -');
+      const e1subs = '                 ^';
+      const expected = '               -';
+
+      expectObservable(e1.pipe(ofOperation('insert'))).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should pass through an error', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--u--#', values);
+      const e1subs = '  ^-------!';
+      const expected = '--i-----#';
+
+      expectObservable(e1.pipe(ofOperation('insert'))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should allow unsubscribing early and explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--u--i--|', values);
+      const e1subs = '  ^-----!     ';
+      const unsub = '   ------!     ';
+      const expected = '--i----     ';
+
+      expectObservable(e1.pipe(ofOperation('insert')), unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should not break unsubscription chains when unsubscribed explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--u--i--|', values);
+      const e1subs = '  ^-----!     ';
+      const unsub = '   ------!     ';
+      const expected = '--i----     ';
+
+      const result = e1.pipe(
+        mergeMap((change) => of(change)),
+        ofOperation('insert'),
+        mergeMap((change) => of(change)),
+      );
+      expectObservable(result, unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('throws INVALID_OPTIONS for no operation or an unknown one', () => {
+    const none = [] as unknown as ['insert'];
+    expect(() => ofOperation(...none)).toThrow(PgTideError);
+    expect(() => ofOperation(...none)).toThrow(expect.objectContaining({ code: 'INVALID_OPTIONS' }));
+    const unknown = ['insert', 'upsert'] as unknown as ['insert'];
+    expect(() => ofOperation(...unknown)).toThrow(
+      expect.objectContaining({ code: 'INVALID_OPTIONS', details: { ops: ['insert', 'upsert'], invalid: 'upsert' } }),
+    );
+  });
+});

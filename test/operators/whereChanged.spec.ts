@@ -1,0 +1,131 @@
+import { mergeMap, of } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { describe, expect, it } from 'vitest';
+import { whereChanged } from '../../operators/whereChanged.js';
+import type { Change } from '../../src/types.js';
+import { del, ins, upd, type User } from './fixtures.js';
+
+const values = {
+  i: ins('1', { id: 1, name: 'Ann', email: 'a@x' }),
+  n: upd('2', { id: 1, name: 'Bo', email: 'a@x' }, { id: 1, name: 'Ann', email: 'a@x' }),
+  e: upd('3', { id: 1, name: 'Bo', email: 'b@x' }, { id: 1, name: 'Bo', email: 'a@x' }),
+  b: upd('4', { id: 1, name: 'Cy', email: 'c@x' }, { id: 1, name: 'Bo', email: 'b@x' }),
+  a: upd('5', { id: 1, name: 'Cy', email: 'c@x', active: true }, { id: 1, name: 'Cy', email: 'c@x' }),
+  d: del('6', { id: 1, name: 'Cy', email: 'c@x' }),
+};
+
+describe('whereChanged', () => {
+  let testScheduler: TestScheduler;
+  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+
+  it('keeps inserts, deletes and the updates that changed the column', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--n--e--b--a--d--|', values);
+      const e1subs = '  ^-------------------!';
+      const expected = '--i-----e--b-----d--|';
+
+      expectObservable(e1.pipe(whereChanged('email'))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('keeps updates that changed any of several columns', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--n--e--b--a--d--|', values);
+      const e1subs = '  ^-------------------!';
+      const expected = '--i-----e--b--a--d--|';
+
+      expectObservable(e1.pipe(whereChanged('email', 'active'))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('judges by the changed list, not by comparing values', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      // Claims `email` changed although old and new agree: it is kept.
+      const listed = upd('7', { id: 1, name: 'Bo', email: 'a@x' }, { id: 1, name: 'Ann', email: 'a@x' }, ['email']);
+      const e1 = hot('  --l--n--|', { l: listed, n: values.n });
+      const expected = '--l-----|';
+
+      expectObservable(e1.pipe(whereChanged('email'))).toBe(expected, { l: listed });
+    });
+  });
+
+  it('should handle empty', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>>('  |  ');
+      const e1subs = '                 (^!)';
+      const expected = '               |   ';
+
+      expectObservable(e1.pipe(whereChanged('email'))).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should handle never', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable, expectSubscriptions }) => {
+      const e1 = cold<Change<User>>('  -');
+      const e1subs = '                 ^';
+      const expected = '               -';
+
+      expectObservable(e1.pipe(whereChanged('email'))).toBe(expected);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should pass through an error', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--n--#', values);
+      const e1subs = '  ^-------!';
+      const expected = '--i-----#';
+
+      expectObservable(e1.pipe(whereChanged('email'))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should allow unsubscribing early and explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--e--b--|', values);
+      const e1subs = '  ^-------!   ';
+      const unsub = '   --------!   ';
+      const expected = '--i--e---   ';
+
+      expectObservable(e1.pipe(whereChanged('email')), unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('should not break unsubscription chains when unsubscribed explicitly', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--e--b--|', values);
+      const e1subs = '  ^-------!   ';
+      const unsub = '   --------!   ';
+      const expected = '--i--e---   ';
+
+      const result = e1.pipe(
+        mergeMap((change) => of(change)),
+        whereChanged('email'),
+        mergeMap((change) => of(change)),
+      );
+      expectObservable(result, unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('throws INVALID_OPTIONS without a column or with an empty name', () => {
+    const none = [] as unknown as ['email'];
+    expect(() => whereChanged(...none)).toThrow(expect.objectContaining({ name: 'PgTideError', code: 'INVALID_OPTIONS' }));
+    expect(() => whereChanged('email', '')).toThrow(
+      expect.objectContaining({ code: 'INVALID_OPTIONS', details: { columns: ['email', ''], invalid: '' } }),
+    );
+  });
+});
