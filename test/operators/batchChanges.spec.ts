@@ -3,7 +3,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { batchChanges } from '../../operators/batchChanges.js';
 import type { Change } from '../../src/types.js';
-import { CountingScheduler, del, ins, upd, type User } from './fixtures.js';
+import { CountingScheduler, del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const a = ins('1', { id: 1, name: 'Ann' });
 const b = ins('2', { id: 2, name: 'Bo' });
@@ -14,7 +14,6 @@ const values = { a, b, c, d, e };
 
 describe('batchChanges', () => {
   let testScheduler: TestScheduler;
-  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 
   it('emits a batch when it reaches size or time after its first change, whichever comes first', () => {
     testScheduler = newScheduler();

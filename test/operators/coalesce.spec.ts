@@ -3,7 +3,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { coalesce } from '../../operators/coalesce.js';
 import type { Change } from '../../src/types.js';
-import { committedAt, del, ins, upd, type User } from './fixtures.js';
+import { committedAt, del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const ann: User = { id: 1, name: 'Ann', email: 'a@x' };
 const al: User = { id: 1, name: 'Al', email: 'a@x' };
@@ -19,7 +19,6 @@ function change(fields: Omit<Change<User>, 'schema' | 'table' | 'committedAt' | 
 
 describe('coalesce', () => {
   let testScheduler: TestScheduler;
-  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 
   /** Runs one batch through coalesce() and expects `net`, or no emission at all if `net` is empty. */
   function expectNet(batch: Change<User>[], net: Change<User>[]): void {

@@ -3,7 +3,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { debounceByKey } from '../../operators/debounceByKey.js';
 import type { Change } from '../../src/types.js';
-import { CountingScheduler, del, ins, upd, type User } from './fixtures.js';
+import { CountingScheduler, del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 // Row 1: a, c, e; row 2: b, d.
 const values = {
@@ -16,7 +16,6 @@ const values = {
 
 describe('debounceByKey', () => {
   let testScheduler: TestScheduler;
-  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 
   it('emits a row\'s last change once the row has been quiet for ms', () => {
     testScheduler = newScheduler();

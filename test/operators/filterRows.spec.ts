@@ -3,7 +3,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { filterRows } from '../../operators/filterRows.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, upd, type User } from './fixtures.js';
+import { del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   a: ins('1', { id: 1, name: 'Ann', active: true }),
@@ -17,7 +17,6 @@ const isActive = (row: User): boolean => row.active === true;
 
 describe('filterRows', () => {
   let testScheduler: TestScheduler;
-  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 
   it('tests the new row of inserts and updates and the old row of deletes', () => {
     testScheduler = newScheduler();

@@ -1,4 +1,6 @@
 import type { SchedulerAction, SchedulerLike, Subscription } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { expect } from 'vitest';
 import type { Change } from '../../src/types.js';
 
 /** The row type of the fixture table `public.users` (a type alias, so it is a `Record`). */
@@ -77,4 +79,9 @@ export class CountingScheduler implements SchedulerLike {
       state,
     );
   }
+}
+
+/** A fresh marble scheduler whose assertions go through vitest's deep equality. */
+export function newScheduler(): TestScheduler {
+  return new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 }

@@ -1,10 +1,10 @@
 import { filter, map, mergeMap, of } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
-import { describe, expect, it } from 'vitest';
+import { describe, it } from 'vitest';
 import { groupByRow } from '../../operators/groupByRow.js';
 import { rowKey } from '../../operators/rowKey.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, upd, type User } from './fixtures.js';
+import { del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 // Row 1: a, c, e, f; row 2: b, d.
 const a = ins('1', { id: 1, name: 'Ann' });
@@ -17,7 +17,6 @@ const values = { a, b, c, d, e, f };
 
 describe('groupByRow', () => {
   let testScheduler: TestScheduler;
-  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 
   it('emits one group per row, each with that row\'s changes', () => {
     testScheduler = newScheduler();

@@ -4,7 +4,7 @@ import { describe, expect, expectTypeOf, it } from 'vitest';
 import { ofOperation, type ChangeOf } from '../../operators/ofOperation.js';
 import { PgTideError } from '../../src/errors.js';
 import type { Change, Operation } from '../../src/types.js';
-import { del, ins, upd, type User } from './fixtures.js';
+import { del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   i: ins('1', { id: 1, name: 'Ann' }),
@@ -15,7 +15,6 @@ const values = {
 
 describe('ofOperation', () => {
   let testScheduler: TestScheduler;
-  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 
   it('keeps only changes of the given operation', () => {
     testScheduler = newScheduler();

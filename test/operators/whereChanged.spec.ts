@@ -3,7 +3,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { whereChanged } from '../../operators/whereChanged.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, upd, type User } from './fixtures.js';
+import { del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   i: ins('1', { id: 1, name: 'Ann', email: 'a@x' }),
@@ -16,7 +16,6 @@ const values = {
 
 describe('whereChanged', () => {
   let testScheduler: TestScheduler;
-  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 
   it('keeps inserts, deletes and the updates that changed the column', () => {
     testScheduler = newScheduler();

@@ -1,9 +1,9 @@
 import { concat, mergeMap, of } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
-import { describe, expect, it } from 'vitest';
+import { describe, it } from 'vitest';
 import { withPrevious } from '../../operators/withPrevious.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, upd, type User } from './fixtures.js';
+import { del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 // Row 1: a, c, e, f; row 2: b.
 const a = ins('1', { id: 1, name: 'Ann' });
@@ -15,7 +15,6 @@ const values = { a, b, c, e, f };
 
 describe('withPrevious', () => {
   let testScheduler: TestScheduler;
-  const newScheduler = (): TestScheduler => new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
 
   it('pairs each change with the previous change to the same row', () => {
     testScheduler = newScheduler();
