@@ -1,3 +1,4 @@
+export { acknowledge } from './acknowledge.js';
 export { batchChanges } from './batchChanges.js';
 export type { BatchOptions } from './batchChanges.js';
 export { coalesce } from './coalesce.js';
@@ -12,3 +13,4 @@ export type { RowIdentity } from './rowKey.js';
 export { whereChanged } from './whereChanged.js';
 export { withPrevious } from './withPrevious.js';
 export type { ChangeWithPrevious } from './withPrevious.js';
+export { carryDelivery, markProcessed } from '../src/delivery.js';

@@ -80,7 +80,10 @@ CREATE TABLE :SCHEMA.consumers (
   pos bigint NOT NULL,
   id bigint NOT NULL,
   created_at timestamptz NOT NULL DEFAULT now(),
-  acknowledged_at timestamptz NOT NULL DEFAULT now()
+  acknowledged_at timestamptz NOT NULL DEFAULT now(),
+  -- Set by prune when the consumer fell more than maxLag changes behind: it no longer
+  -- holds the log, and resuming it fails until it is dropped.
+  expired_at timestamptz
 );
 
 -- The one capture function behind every watched table's triggers.

@@ -2,6 +2,7 @@ import { Observable, type Subscriber } from 'rxjs';
 import { backoffDelay, sleep } from './backoff.js';
 import { assertColumns, type TableInfo } from './catalog.js';
 import { projectRow, rowKeyString, toChange } from './change.js';
+import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import type { FeedMember, Hub } from './hub.js';
 import { BEGINNING, comparePositions, positionOf, type LogPage, type LogReader, type Position } from './log.js';
@@ -20,10 +21,23 @@ export interface StreamContext {
   prepare(table: string, columns: readonly string[] | undefined, check: (info: TableInfo) => void): Promise<TableInfo>;
   /** The consumer's cursor, registering it at `start` on first use. */
   consumerPosition(name: string, table: TableInfo, start: () => Promise<Position>): Promise<Position>;
-  /** Rejects once the Tide is closed; streams complete instead of erroring then. */
+  /** Writes a consumer's processed position. */
+  saveConsumerPosition(name: string, position: Position): Promise<void>;
+  /** Milliseconds a consumer's processed position may wait before it is written. */
+  readonly acknowledgeFlushDelay: number;
+  /** Whether the Tide is closed; streams complete instead of erroring then. */
   readonly closed: () => boolean;
-  /** Registers a teardown that `close()` runs: completes the stream. */
-  track(complete: () => void): () => void;
+  /**
+   * Registers the stream with its Tide: `close()` completes it (saving its consumer
+   * position unless the Tide is terminated). Returns the unregister function.
+   */
+  track(stream: TrackedStream): () => void;
+}
+
+/** What the Tide can do to a live stream. */
+export interface TrackedStream {
+  /** Completes the subscriber; with `flush`, saves the consumer position first. */
+  complete(flush: boolean): Promise<void>;
 }
 
 /**
@@ -37,16 +51,18 @@ export function changeEvents<Row = RowData>(
 ): Observable<StreamEvent<Row>> {
   return new Observable<StreamEvent<Row>>((subscriber) => {
     const stream = new ChangeStream<Row>(context, table, options, subscriber);
-    const untrack = context.track(() => stream.complete());
+    const untrack = context.track(stream);
     void stream.run();
     return () => {
       untrack();
-      stream.teardown();
+      void stream.teardown(true);
     };
   });
 }
 
-class ChangeStream<Row> implements FeedMember {
+const defaultMaxInFlight = 1000;
+
+class ChangeStream<Row> implements FeedMember, TrackedStream {
   rowKey?: string;
   private info: TableInfo | undefined;
   private cursor: Position = BEGINNING;
@@ -54,14 +70,20 @@ class ChangeStream<Row> implements FeedMember {
   /** Rows the feed handed over while the gap before them was still being read. */
   private buffered: Array<[Change, Position]> | undefined;
   private ended = false;
+  private caughtUp = false;
   private select: ((change: Change) => Change | undefined) | undefined;
+  /** Processed/unprocessed bookkeeping, for a durable consumer only. */
+  private ledger: Ledger | undefined;
+  private readonly maxInFlight: number;
 
   constructor(
     private readonly context: StreamContext,
     private readonly table: string,
     private readonly options: ChangesOptions<Row>,
     private readonly subscriber: Subscriber<StreamEvent<Row>>,
-  ) {}
+  ) {
+    this.maxInFlight = options.maxInFlight ?? defaultMaxInFlight;
+  }
 
   async run(): Promise<void> {
     try {
@@ -73,37 +95,68 @@ class ChangeStream<Row> implements FeedMember {
       });
       this.info = info;
       this.cursor = await this.startPosition(info);
-      await this.replay(info);
-      if (this.ended) return;
-      await this.join(info);
+      const consumer = this.options.consumer;
+      if (consumer !== undefined && !this.ended) {
+        this.ledger = new Ledger(
+          this.cursor,
+          (position) => this.context.saveConsumerPosition(consumer, position),
+          this.context.acknowledgeFlushDelay,
+          this.context.logger,
+        );
+      }
+      await this.follow(info);
     } catch (error) {
       if (this.ended) return;
-      if (this.context.closed()) this.complete();
+      if (this.context.closed()) void this.complete(false);
       else this.fail(error);
     }
   }
 
   /** Completes the subscriber (the Tide closed). */
-  complete(): void {
+  async complete(flush: boolean): Promise<void> {
     if (this.ended) return;
-    this.teardown();
+    const saved = this.teardown(flush);
     this.subscriber.complete();
+    await saved;
   }
 
-  teardown(): void {
+  /** Stops reading; a consumer's processed position is saved when `flush`. */
+  teardown(flush: boolean): Promise<void> {
     this.ended = true;
+    this.detach();
+    return this.ledger?.close(flush) ?? Promise.resolve();
+  }
+
+  receive(change: Change, position: Position): void {
+    if (this.buffered) {
+      this.buffered.push([change, position]);
+      return;
+    }
+    if (comparePositions(position, this.cursor) <= 0) return;
+    this.emit(change, position);
+    // A slow consumer leaves the shared feed and reads at its own pace from its cursor.
+    if (this.ledger && this.ledger.inFlight >= this.maxInFlight && this.feed) {
+      this.detach();
+      void this.follow(this.info!).catch((error: unknown) => this.fail(error));
+    }
+  }
+
+  private detach(): void {
     this.feed?.remove(this);
     this.feed = undefined;
   }
 
-  receive(change: Change, position: Position): void {
-    if (this.buffered) this.buffered.push([change, position]);
-    else if (comparePositions(position, this.cursor) > 0) this.emit(change, position);
+  private fail(error: unknown): void {
+    if (this.ended) return;
+    void this.teardown(false);
+    this.subscriber.error(error);
   }
 
-  private fail(error: unknown): void {
-    this.teardown();
-    this.subscriber.error(error);
+  /** Replays from the cursor, then joins the shared feed. */
+  private async follow(info: TableInfo): Promise<void> {
+    await this.replay(info);
+    if (this.ended) return;
+    await this.join(info);
   }
 
   private async startPosition(info: TableInfo): Promise<Position> {
@@ -129,10 +182,18 @@ class ChangeStream<Row> implements FeedMember {
     return this.options.consumer === undefined ? start() : this.context.consumerPosition(this.options.consumer, info, start);
   }
 
+  /** Room for the next page: all of it, or what the consumer's in-flight window allows. */
+  private async pageLimit(): Promise<number> {
+    if (!this.ledger) return this.context.pageSize;
+    await this.ledger.roomFor(this.maxInFlight);
+    return Math.max(1, Math.min(this.context.pageSize, this.maxInFlight - this.ledger.inFlight));
+  }
+
   /** Reads pages up to the current horizon until one comes back short. */
   private async replay(info: TableInfo): Promise<void> {
     for (;;) {
-      const page = await this.retrying(() => this.context.reader.page(info.relid, this.cursor, this.context.pageSize));
+      const limit = await this.pageLimit();
+      const page = await this.retrying(() => this.context.reader.page(info.relid, this.cursor, limit));
       if (!page || !this.deliverPage(page)) return;
       if (!page.full) return;
     }
@@ -151,18 +212,23 @@ class ChangeStream<Row> implements FeedMember {
       this.buffered = [];
       feed.add(this);
       while (comparePositions(this.cursor, joinAt) < 0) {
-        const page = await this.retrying(() =>
-          this.context.reader.pageUpTo(info.relid, this.cursor, joinAt, this.context.pageSize),
-        );
+        const limit = await this.pageLimit();
+        const page = await this.retrying(() => this.context.reader.pageUpTo(info.relid, this.cursor, joinAt, limit));
         if (!page || !this.deliverPage(page)) return;
       }
       const buffered = this.buffered;
       this.buffered = undefined;
-      for (const [change, position] of buffered) this.receive(change, position);
+      for (const [change, position] of buffered) {
+        if (this.feed !== feed) break;
+        this.receive(change, position);
+      }
     } else {
       feed.add(this);
     }
-    if (!this.ended) this.subscriber.next({ kind: 'caught-up' });
+    if (!this.ended && !this.caughtUp) {
+      this.caughtUp = true;
+      this.subscriber.next({ kind: 'caught-up' });
+    }
   }
 
   /** Emits a page's rows and advances the cursor; false once the stream has ended. */
@@ -173,7 +239,10 @@ class ChangeStream<Row> implements FeedMember {
       this.emit(toChange(row, info), positionOf(row));
     }
     if (this.ended) return false;
-    this.cursor = page.next;
+    if (comparePositions(page.next, this.cursor) > 0) {
+      this.cursor = page.next;
+      this.ledger?.pass(page.next);
+    }
     return true;
   }
 
@@ -181,7 +250,10 @@ class ChangeStream<Row> implements FeedMember {
     // Update state before emitting: a subscriber may unsubscribe from inside next().
     this.cursor = position;
     const selected = this.select!(change);
-    if (!selected) return;
+    if (!selected) {
+      this.ledger?.pass(position);
+      return;
+    }
     let typed: Change<Row>;
     try {
       typed = validate(selected, this.options);
@@ -189,6 +261,7 @@ class ChangeStream<Row> implements FeedMember {
       this.fail(new RowValidationError(change.id, this.info!.qualified, error));
       return;
     }
+    if (this.ledger) recordDelivery(typed, this.ledger, this.ledger.deliver(position));
     this.subscriber.next({ kind: 'change', change: typed });
   }
 

@@ -1,8 +1,19 @@
 import pg from 'pg';
-import { filter, map, type Observable } from 'rxjs';
+import { filter, map, Subject, type Observable } from 'rxjs';
 import { unwatchTable, watchTable } from './capture.js';
 import { assertColumns, describeTable, type TableInfo } from './catalog.js';
-import { changeEvents, type StreamContext } from './changes.js';
+import { changeEvents, type StreamContext, type TrackedStream } from './changes.js';
+import {
+  dropConsumer,
+  expiredError,
+  listConsumers,
+  prune,
+  readConsumer,
+  registerConsumer,
+  saveConsumerPosition,
+  type ConsumerInfo,
+  type PruneResult,
+} from './consumers.js';
 import { PgTideError } from './errors.js';
 import { Hub } from './hub.js';
 import { Listener } from './listener.js';
@@ -16,7 +27,7 @@ import {
   type ConnectOptions,
 } from './options.js';
 import { resolveSchemaNames, type SchemaNames } from './sql.js';
-import type { Blocker, Change, ChangesOptions, Logger, RowData, StreamEvent, WatchOptions } from './types.js';
+import type { Blocker, Change, ChangesOptions, Logger, RowData, StreamEvent, TideWarning, WatchOptions } from './types.js';
 
 const consoleLogger: Logger = {
   debug: () => undefined,
@@ -71,10 +82,21 @@ export class Tide {
   private readonly reader: LogReader;
   private readonly hub: Hub;
   private readonly listener: Listener;
-  private readonly streams = new Set<() => void>();
+  private readonly streams = new Set<TrackedStream>();
   private readonly prepared = new Map<string, Promise<TableInfo>>();
   private readonly pageSize: number;
+  private readonly acknowledgeFlushDelay: number;
+  private readonly retentionSeconds: number;
+  private readonly maxLag: number;
+  private readonly pruneTimer: NodeJS.Timeout | undefined;
+  private readonly warnings = new Subject<TideWarning>();
   private closed = false;
+
+  /**
+   * Conditions an operator should know about, such as a consumer expired for lagging
+   * more than `maxLag` changes. Each is also logged as a warning.
+   */
+  readonly warnings$: Observable<TideWarning> = this.warnings.asObservable();
 
   /** @internal Use {@link connect}. */
   constructor(
@@ -88,6 +110,16 @@ export class Tide {
     this.schema = names.name;
     this.logger = options.logger ?? consoleLogger;
     this.pageSize = options.pageSize ?? 1000;
+    this.acknowledgeFlushDelay = options.acknowledgeFlushDelay ?? 100;
+    this.retentionSeconds = (options.retention ?? 24 * 3600_000) / 1000;
+    this.maxLag = options.maxLag ?? 10_000_000;
+    const pruneInterval = options.pruneInterval ?? 60_000;
+    if (pruneInterval > 0) {
+      this.pruneTimer = setInterval(() => {
+        this.prune().catch((error: unknown) => this.logger.warn('pgtide: background prune failed', { error: String(error) }));
+      }, pruneInterval);
+      this.pruneTimer.unref();
+    }
     this.reader = new LogReader(pool, names);
     this.hub = new Hub({
       reader: this.reader,
@@ -208,15 +240,71 @@ export class Tide {
   }
 
   /**
-   * Ends the LISTEN connection and every stream (each subscriber gets `complete`), and
-   * ends the pool if pgtide created it.
+   * Deletes the log rows no one needs any more: per table, the changes every durable
+   * consumer of it has acknowledged, and for tables without a live consumer, changes
+   * older than `retention`. Consumers more than `maxLag` changes behind are expired
+   * first (see {@link Tide.warnings$}). Also runs every `pruneInterval`.
+   *
+   * @example
+   * ```ts
+   * const { deleted } = await tide.prune();
+   * ```
+   */
+  async prune(): Promise<PruneResult> {
+    this.assertOpen();
+    const result = await prune(this.pool, this.names, { retentionSeconds: this.retentionSeconds, maxLag: this.maxLag });
+    for (const consumer of result.expired) {
+      const warning: TideWarning = {
+        kind: 'consumer-expired',
+        consumer,
+        message: `consumer ${JSON.stringify(consumer)} is more than ${this.maxLag} changes behind (maxLag) and was expired: it no longer holds back pruning`,
+      };
+      this.logger.warn(`pgtide: ${warning.message}`, { consumer });
+      this.warnings.next(warning);
+    }
+    return result;
+  }
+
+  /** Every durable consumer with its position and lag (changes and age). */
+  async consumers(): Promise<ConsumerInfo[]> {
+    this.assertOpen();
+    return listConsumers(this.pool, this.names);
+  }
+
+  /**
+   * Removes a durable consumer: it no longer holds back pruning, and its name can be
+   * used afresh. Returns whether it existed.
+   */
+  async dropConsumer(name: string): Promise<boolean> {
+    this.assertOpen();
+    return dropConsumer(this.pool, this.names, name);
+  }
+
+  /**
+   * Ends the LISTEN connection and every stream (each subscriber gets `complete`),
+   * saves durable consumers' processed positions, and ends the pool if pgtide created it.
    */
   async close(): Promise<void> {
+    await this.shutDown(true);
+  }
+
+  /**
+   * Like {@link Tide.close}, but does not save consumers' latest processed positions:
+   * what a crash does. Changes processed since the last save are delivered again on
+   * resume (at-least-once). Useful to test a pipeline's crash behaviour.
+   */
+  async terminate(): Promise<void> {
+    await this.shutDown(false);
+  }
+
+  private async shutDown(flush: boolean): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const complete of [...this.streams]) complete();
+    clearInterval(this.pruneTimer);
+    const completions = [...this.streams].map((stream) => stream.complete(flush));
     this.hub.stop();
-    await this.listener.close();
+    await Promise.all([this.listener.close(), ...completions]);
+    this.warnings.complete();
     if (this.ownsPool) await this.pool.end();
   }
 
@@ -230,12 +318,14 @@ export class Tide {
       hub: this.hub,
       logger: this.logger,
       pageSize: this.pageSize,
+      acknowledgeFlushDelay: this.acknowledgeFlushDelay,
       closed: () => this.closed,
       prepare: (table, columns, check) => this.prepare(table, columns, check),
       consumerPosition: (name, table, start) => this.consumerPosition(name, table, start),
-      track: (complete) => {
-        this.streams.add(complete);
-        return () => this.streams.delete(complete);
+      saveConsumerPosition: (name, position) => saveConsumerPosition(this.pool, this.names, name, position),
+      track: (stream) => {
+        this.streams.add(stream);
+        return () => this.streams.delete(stream);
       },
     };
   }
@@ -277,30 +367,19 @@ export class Tide {
   }
 
   private async consumerPosition(name: string, table: TableInfo, start: () => Promise<Position>): Promise<Position> {
-    const select = async () => {
-      const { rows } = await this.pool.query<{ relid: string; pos: string; id: string }>(
-        `SELECT relid::int8 AS relid, pos::text, id::text FROM ${this.names.ident}.consumers WHERE name = $1`,
-        [name],
+    let stored = await readConsumer(this.pool, this.names, name);
+    if (!stored) {
+      await registerConsumer(this.pool, this.names, name, table.relid, await start());
+      stored = (await readConsumer(this.pool, this.names, name))!;
+    }
+    if (stored.relid !== table.relid) {
+      throw new PgTideError(
+        'CONSUMER_TABLE_MISMATCH',
+        `consumer ${JSON.stringify(name)} follows another table, not ${table.qualified}; consumer names are unique`,
+        { consumer: name, table: table.qualified },
       );
-      const row = rows[0];
-      if (!row) return undefined;
-      if (Number(row.relid) !== table.relid) {
-        throw new PgTideError(
-          'CONSUMER_TABLE_MISMATCH',
-          `consumer ${JSON.stringify(name)} follows another table, not ${table.qualified}; consumer names are unique`,
-          { consumer: name, table: table.qualified },
-        );
-      }
-      return { pos: BigInt(row.pos), id: BigInt(row.id) };
-    };
-    const existing = await select();
-    if (existing) return existing;
-    const position = await start();
-    await this.pool.query(
-      `INSERT INTO ${this.names.ident}.consumers (name, relid, pos, id) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (name) DO NOTHING`,
-      [name, table.relid, position.pos.toString(), position.id.toString()],
-    );
-    return (await select())!;
+    }
+    if (stored.expiredAt) throw expiredError(name, stored.expiredAt);
+    return stored.position;
   }
 }

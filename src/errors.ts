@@ -8,6 +8,7 @@ export type PgTideErrorCode =
   | 'UNSUPPORTED_TABLE'
   | 'UNKNOWN_POSITION'
   | 'CONSUMER_TABLE_MISMATCH'
+  | 'CONSUMER_EXPIRED'
   | 'INVALID_ROW'
   | 'SCHEMA_TOO_NEW'
   | 'CLOSED';

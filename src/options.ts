@@ -20,6 +20,24 @@ export interface ConnectOptions {
    * delay if a notification is missed or LISTEN is down. Default 1000.
    */
   readonly pollInterval?: number;
+  /**
+   * Milliseconds a durable consumer's processed position may wait before it is
+   * written (cursor writes are batched; they are also written on unsubscribe and
+   * close). Default 100.
+   */
+  readonly acknowledgeFlushDelay?: number;
+  /** Milliseconds between background prunes; 0 turns them off. Default 60000. */
+  readonly pruneInterval?: number;
+  /**
+   * How long (ms) changes of tables that no durable consumer follows stay in the log.
+   * Default 24 hours.
+   */
+  readonly retention?: number;
+  /**
+   * A consumer more than this many changes behind is expired by prune: it stops
+   * holding back the log and a warning is emitted. Default 10,000,000.
+   */
+  readonly maxLag?: number;
 }
 
 const nonEmpty = z.string().min(1, 'must not be empty');
@@ -38,6 +56,10 @@ const connectSchema = z
     logger: z.custom<Logger>(isLogger, 'must have debug, info, warn and error methods').optional(),
     pageSize: z.number().int().min(1).max(100_000).optional(),
     pollInterval: z.number().int().min(10).optional(),
+    acknowledgeFlushDelay: z.number().int().min(0).optional(),
+    pruneInterval: z.number().int().min(0).optional(),
+    retention: z.number().int().min(0).optional(),
+    maxLag: z.number().int().min(1).optional(),
   })
   .refine((options) => (options.connectionString === undefined) !== (options.pool === undefined), {
     message: 'give exactly one of connectionString and pool',
@@ -57,6 +79,7 @@ const changesSchema = z
     field: nonEmpty.optional(),
     from: startFromSchema.optional(),
     consumer: nonEmpty.max(200).optional(),
+    maxInFlight: z.number().int().min(1).optional(),
     schema: z
       .custom<z.ZodType>((value) => typeof value === 'object' && value !== null && 'parse' in value, 'must be a zod schema')
       .optional(),
@@ -64,6 +87,10 @@ const changesSchema = z
   .refine((options) => options.field === undefined || options.rowId !== undefined, {
     message: 'field needs rowId',
     path: ['field'],
+  })
+  .refine((options) => options.maxInFlight === undefined || options.consumer !== undefined, {
+    message: 'maxInFlight needs consumer (only durable consumers acknowledge)',
+    path: ['maxInFlight'],
   })
   .refine((options) => options.rowId === undefined || options.rowId !== null, {
     message: 'must not be null',

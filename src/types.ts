@@ -68,6 +68,12 @@ export interface ChangesOptions<Row = RowData> {
    * On first use the consumer starts at `from`.
    */
   readonly consumer?: string;
+  /**
+   * For a `consumer` stream: at most this many delivered changes may wait for
+   * acknowledgement; the stream reads on when acknowledgements make room, so a slow
+   * handler keeps memory bounded. Default 1000.
+   */
+  readonly maxInFlight?: number;
   /** Validates and types `new`/`old`. A row that fails errors the stream with `INVALID_ROW`. */
   readonly schema?: ZodType<Row>;
 }
@@ -114,4 +120,12 @@ export interface Logger {
   info(message: string, meta?: Record<string, unknown>): void;
   warn(message: string, meta?: Record<string, unknown>): void;
   error(message: string, meta?: Record<string, unknown>): void;
+}
+
+/** Something `tide.warnings$` reports. */
+export interface TideWarning {
+  /** `consumer-expired`: a consumer lagged more than `maxLag` changes and no longer holds the log. */
+  readonly kind: 'consumer-expired';
+  readonly consumer: string;
+  readonly message: string;
 }

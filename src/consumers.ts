@@ -1,0 +1,163 @@
+import type { Pool } from 'pg';
+import { PgTideError } from './errors.js';
+import type { Position } from './log.js';
+import { inTransaction, type SchemaNames } from './sql.js';
+
+/** A durable consumer as `tide.consumers()` reports it. */
+export interface ConsumerInfo {
+  readonly name: string;
+  /** The followed table, `schema.name` (null if it was dropped). */
+  readonly table: string | null;
+  /** Id of the last change acknowledged in order, or null before the first. */
+  readonly acknowledgedId: string | null;
+  /** Changes in the log after the consumer's position (not yet acknowledged). */
+  readonly lagChanges: number;
+  /** Seconds since the oldest unacknowledged change was written, or 0. */
+  readonly lagSeconds: number;
+  readonly acknowledgedAt: Date;
+  /** Set when the consumer fell more than `maxLag` changes behind and stopped holding the log. */
+  readonly expiredAt: Date | null;
+}
+
+/** What `tide.prune()` did. */
+export interface PruneResult {
+  /** Log rows deleted. */
+  readonly deleted: number;
+  /** Consumers expired by this run for exceeding `maxLag`. */
+  readonly expired: readonly string[];
+}
+
+/** Lock key shared by prune (exclusive) and consumer registration (shared). */
+const pruneLock = (schema: SchemaNames) => `pgtide:prune:${schema.name}`;
+
+/**
+ * Registers a consumer at `position` unless it exists. Runs under the shared prune lock:
+ * a prune that is deciding what to delete cannot miss a consumer being created.
+ */
+export async function registerConsumer(
+  pool: Pool,
+  schema: SchemaNames,
+  name: string,
+  relid: number,
+  position: Position,
+): Promise<void> {
+  await inTransaction(pool, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock_shared(hashtext($1))', [pruneLock(schema)]);
+    await client.query(
+      `INSERT INTO ${schema.ident}.consumers (name, relid, pos, id) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING`,
+      [name, relid, position.pos.toString(), position.id.toString()],
+    );
+  });
+}
+
+export interface StoredConsumer {
+  readonly relid: number;
+  readonly position: Position;
+  readonly expiredAt: Date | null;
+}
+
+export async function readConsumer(pool: Pool, schema: SchemaNames, name: string): Promise<StoredConsumer | undefined> {
+  const { rows } = await pool.query<{ relid: string; pos: string; id: string; expired_at: Date | null }>(
+    `SELECT relid::int8 AS relid, pos::text, id::text, expired_at FROM ${schema.ident}.consumers WHERE name = $1`,
+    [name],
+  );
+  const row = rows[0];
+  return row && { relid: Number(row.relid), position: { pos: BigInt(row.pos), id: BigInt(row.id) }, expiredAt: row.expired_at };
+}
+
+/** Moves a consumer's position forward (never back). */
+export async function saveConsumerPosition(pool: Pool, schema: SchemaNames, name: string, position: Position): Promise<void> {
+  await pool.query(
+    `UPDATE ${schema.ident}.consumers SET pos = $2, id = $3, acknowledged_at = now()
+      WHERE name = $1 AND (pos, id) < ($2::int8, $3::int8)`,
+    [name, position.pos.toString(), position.id.toString()],
+  );
+}
+
+export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<ConsumerInfo[]> {
+  const { rows } = await pool.query<{
+    name: string;
+    table_name: string | null;
+    acknowledged_id: string | null;
+    lag_changes: number;
+    lag_seconds: number;
+    acknowledged_at: Date;
+    expired_at: Date | null;
+  }>(
+    `SELECT c.name, format('%I.%I', w.schema_name, w.table_name) AS table_name,
+            CASE WHEN c.id BETWEEN 1 AND 9223372036854775806 THEN c.id::text END AS acknowledged_id,
+            (SELECT count(*) FROM ${schema.ident}.log l WHERE l.relid = c.relid AND (l.pos, l.id) > (c.pos, c.id))::int8::float8 AS lag_changes,
+            coalesce(extract(epoch FROM now() - (
+              SELECT l.written_at FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, 9223372036854775807, 9223372036854775807, 1) l
+            )), 0)::float8 AS lag_seconds,
+            c.acknowledged_at, c.expired_at
+       FROM ${schema.ident}.consumers c LEFT JOIN ${schema.ident}.watched w ON w.relid = c.relid
+      ORDER BY c.name`,
+  );
+  return rows.map((row) => ({
+    name: row.name,
+    table: row.table_name,
+    acknowledgedId: row.acknowledged_id,
+    lagChanges: row.lag_changes,
+    lagSeconds: Math.max(0, row.lag_seconds),
+    acknowledgedAt: row.acknowledged_at,
+    expiredAt: row.expired_at,
+  }));
+}
+
+export async function dropConsumer(pool: Pool, schema: SchemaNames, name: string): Promise<boolean> {
+  const { rowCount } = await pool.query(`DELETE FROM ${schema.ident}.consumers WHERE name = $1`, [name]);
+  return (rowCount ?? 0) > 0;
+}
+
+/**
+ * Deletes what no one needs: per table, the changes at or below every live consumer's
+ * position, and, for tables no live consumer follows, changes older than `retention`.
+ * Consumers more than `maxLag` changes behind are expired first (they stop holding the
+ * log and their streams fail with `CONSUMER_EXPIRED`). Runs under the exclusive prune
+ * lock, so no consumer can be registered mid-decision; acknowledgements only move
+ * positions forward, so one that lands meanwhile only means less is deleted.
+ */
+export async function prune(
+  pool: Pool,
+  schema: SchemaNames,
+  options: { readonly retentionSeconds: number; readonly maxLag: number },
+): Promise<PruneResult> {
+  return inTransaction(pool, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [pruneLock(schema)]);
+    const expired = await client.query<{ name: string }>(
+      `UPDATE ${schema.ident}.consumers c SET expired_at = now()
+        WHERE c.expired_at IS NULL
+          AND (SELECT count(*) FROM (
+                 SELECT FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, 9223372036854775807, 9223372036854775807, $1 + 1)
+               ) behind) > $1
+        RETURNING c.name`,
+      [options.maxLag],
+    );
+    const byConsumers = await client.query(
+      `DELETE FROM ${schema.ident}.log l
+        USING (SELECT DISTINCT ON (relid) relid, pos, id FROM ${schema.ident}.consumers
+                WHERE expired_at IS NULL ORDER BY relid, pos, id) lowest
+        WHERE l.relid = lowest.relid AND (l.pos, l.id) <= (lowest.pos, lowest.id)`,
+    );
+    const byAge = await client.query(
+      `DELETE FROM ${schema.ident}.log l
+        WHERE l.written_at < now() - make_interval(secs => $1)
+          AND NOT EXISTS (SELECT FROM ${schema.ident}.consumers c WHERE c.relid = l.relid AND c.expired_at IS NULL)`,
+      [options.retentionSeconds],
+    );
+    return {
+      deleted: (byConsumers.rowCount ?? 0) + (byAge.rowCount ?? 0),
+      expired: expired.rows.map((row) => row.name),
+    };
+  });
+}
+
+export function expiredError(name: string, expiredAt: Date): PgTideError {
+  return new PgTideError(
+    'CONSUMER_EXPIRED',
+    `consumer ${JSON.stringify(name)} fell more than maxLag changes behind and was expired at ${expiredAt.toISOString()}; ` +
+      'changes it had not acknowledged may be pruned. dropConsumer() it to start over',
+    { consumer: name, expiredAt },
+  );
+}
