@@ -70,6 +70,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
   /** Rows the feed handed over while the gap before them was still being read. */
   private buffered: Array<[Change, Position]> | undefined;
   private ended = false;
+  private stopping: Promise<void> | undefined;
   private caughtUp = false;
   private select: ((change: Change) => Change | undefined) | undefined;
   /** Processed/unprocessed bookkeeping, for a durable consumer only. */
@@ -120,11 +121,18 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
     await saved;
   }
 
-  /** Stops reading; a consumer's processed position is saved when `flush`. */
+  /**
+   * Stops reading; a consumer's processed position is saved when `flush`. Only the
+   * first call counts: after `terminate()` completes a stream, the unsubscribe that
+   * follows must not save after all.
+   */
   teardown(flush: boolean): Promise<void> {
-    this.ended = true;
-    this.detach();
-    return this.ledger?.close(flush) ?? Promise.resolve();
+    if (!this.stopping) {
+      this.ended = true;
+      this.detach();
+      this.stopping = this.ledger?.close(flush) ?? Promise.resolve();
+    }
+    return this.stopping;
   }
 
   receive(change: Change, position: Position): void {

@@ -8,7 +8,10 @@ export interface ConsumerInfo {
   readonly name: string;
   /** The followed table, `schema.name` (null if it was dropped). */
   readonly table: string | null;
-  /** Id of the last change acknowledged in order, or null before the first. */
+  /**
+   * Id of the last change at or before the consumer's position that is still in the
+   * log (null before the first, or once it has been pruned).
+   */
   readonly acknowledgedId: string | null;
   /** Changes in the log after the consumer's position (not yet acknowledged). */
   readonly lagChanges: number;
@@ -85,7 +88,8 @@ export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<Co
     expired_at: Date | null;
   }>(
     `SELECT c.name, format('%I.%I', w.schema_name, w.table_name) AS table_name,
-            CASE WHEN c.id BETWEEN 1 AND 9223372036854775806 THEN c.id::text END AS acknowledged_id,
+            (SELECT l.id::text FROM ${schema.ident}.log l WHERE l.relid = c.relid AND (l.pos, l.id) <= (c.pos, c.id)
+              ORDER BY l.relid DESC, l.pos DESC, l.id DESC LIMIT 1) AS acknowledged_id,
             (SELECT count(*) FROM ${schema.ident}.log l WHERE l.relid = c.relid AND (l.pos, l.id) > (c.pos, c.id))::int8::float8 AS lag_changes,
             coalesce(extract(epoch FROM now() - (
               SELECT l.written_at FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, 9223372036854775807, 9223372036854775807, 1) l
