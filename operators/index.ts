@@ -9,6 +9,8 @@ export type { GroupByRowOptions } from './groupByRow.js';
 export { ofOperation } from './ofOperation.js';
 export type { ChangeOf } from './ofOperation.js';
 export { rowKey } from './rowKey.js';
+export { stateKey, toState } from './toState.js';
+export type { StateKeyOf } from './toState.js';
 export type { RowIdentity } from './rowKey.js';
 export { whereChanged } from './whereChanged.js';
 export { withPrevious } from './withPrevious.js';

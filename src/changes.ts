@@ -34,6 +34,14 @@ export interface StreamContext {
   track(stream: TrackedStream): () => void;
 }
 
+/** Where a stream continues from a state pgtide read itself (see `state$`). */
+export interface ResumePoint {
+  /** Start after this position instead of `from`. */
+  readonly after?: Position;
+  /** Changes already reflected in that state: skipped. */
+  readonly alreadySeen?: (change: Change) => boolean;
+}
+
 /** What the Tide can do to a live stream. */
 export interface TrackedStream {
   /** Completes the subscriber; with `flush`, saves the consumer position first. */
@@ -48,9 +56,10 @@ export function changeEvents<Row = RowData>(
   context: StreamContext,
   table: string,
   options: ChangesOptions<Row>,
+  resume: ResumePoint = {},
 ): Observable<StreamEvent<Row>> {
   return new Observable<StreamEvent<Row>>((subscriber) => {
-    const stream = new ChangeStream<Row>(context, table, options, subscriber);
+    const stream = new ChangeStream<Row>(context, table, options, subscriber, resume);
     const untrack = context.track(stream);
     void stream.run();
     return () => {
@@ -82,6 +91,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
     private readonly table: string,
     private readonly options: ChangesOptions<Row>,
     private readonly subscriber: Subscriber<StreamEvent<Row>>,
+    private readonly resume: ResumePoint,
   ) {
     this.maxInFlight = options.maxInFlight ?? defaultMaxInFlight;
   }
@@ -168,6 +178,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
   }
 
   private async startPosition(info: TableInfo): Promise<Position> {
+    if (this.resume.after) return this.resume.after;
     const from = this.options.from ?? 'now';
     const start = async (): Promise<Position> => {
       if (from === 'beginning') return BEGINNING;
@@ -257,7 +268,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
   private emit(change: Change, position: Position): void {
     // Update state before emitting: a subscriber may unsubscribe from inside next().
     this.cursor = position;
-    const selected = this.select!(change);
+    const selected = this.resume.alreadySeen?.(change) ? undefined : this.select!(change);
     if (!selected) {
       this.ledger?.pass(position);
       return;
@@ -293,7 +304,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
 }
 
 /** Values of the key columns named by a `rowId` option. */
-function rowIdValues(info: TableInfo, rowId: unknown): Record<string, unknown> {
+export function rowIdValues(info: TableInfo, rowId: unknown): Record<string, unknown> {
   if (info.keyColumns.length === 1) {
     const column = info.keyColumns[0]!;
     if (typeof rowId === 'object' && rowId !== null && !Array.isArray(rowId) && column in rowId) {

@@ -10,6 +10,21 @@ export type {
   Operation,
   RowData,
   StartFrom,
+  StateOptions,
   StreamEvent,
+  TideWarning,
   WatchOptions,
 } from './types.js';
+export type { ConsumerInfo, PruneResult } from './consumers.js';
+export { carryDelivery, markProcessed } from './delivery.js';
+export { acknowledge } from '../operators/acknowledge.js';
+export { batchChanges } from '../operators/batchChanges.js';
+export { coalesce } from '../operators/coalesce.js';
+export { debounceByKey } from '../operators/debounceByKey.js';
+export { filterRows } from '../operators/filterRows.js';
+export { groupByRow } from '../operators/groupByRow.js';
+export { ofOperation } from '../operators/ofOperation.js';
+export { rowKey } from '../operators/rowKey.js';
+export { stateKey, toState } from '../operators/toState.js';
+export { whereChanged } from '../operators/whereChanged.js';
+export { withPrevious } from '../operators/withPrevious.js';

@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { z } from 'zod';
 import { PgTideError } from './errors.js';
-import type { ChangesOptions, Logger, WatchOptions } from './types.js';
+import type { ChangesOptions, Logger, StateOptions, WatchOptions } from './types.js';
 
 /** Options of {@link connect}. */
 export interface ConnectOptions {
@@ -97,6 +97,19 @@ const changesSchema = z
     path: ['rowId'],
   });
 
+const stateSchema = z
+  .strictObject({
+    rowId: z.unknown().optional(),
+    columns: z.array(nonEmpty).min(1, 'must name at least one column').optional(),
+    schema: z
+      .custom<z.ZodType>((value) => typeof value === 'object' && value !== null && 'parse' in value, 'must be a zod schema')
+      .optional(),
+  })
+  .refine((options) => options.rowId === undefined || options.rowId !== null, {
+    message: 'must not be null',
+    path: ['rowId'],
+  });
+
 const watchSchema = z.strictObject({
   columns: z.array(nonEmpty).min(1, 'must name at least one column').optional(),
 });
@@ -119,6 +132,10 @@ export function parseConnectOptions(value: unknown): ConnectOptions {
 
 export function parseChangesOptions<Row>(value: unknown): ChangesOptions<Row> {
   return parseOptions(changesSchema, value, 'changes$') as ChangesOptions<Row>;
+}
+
+export function parseStateOptions<Row>(value: unknown): StateOptions<Row> {
+  return parseOptions(stateSchema, value, 'state$') as StateOptions<Row>;
 }
 
 export function parseWatchOptions(value: unknown): WatchOptions {

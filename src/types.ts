@@ -129,3 +129,13 @@ export interface TideWarning {
   readonly consumer: string;
   readonly message: string;
 }
+
+/** Options of `tide.state$()`. */
+export interface StateOptions<Row = RowData> {
+  /** Only this row (see {@link ChangesOptions.rowId}). */
+  readonly rowId?: unknown;
+  /** Rows carry the key plus these columns; updates of other columns are ignored. */
+  readonly columns?: readonly string[];
+  /** Validates and types the rows. */
+  readonly schema?: ZodType<Row>;
+}
