@@ -1,4 +1,5 @@
 import { filter, map, pipe, type OperatorFunction } from 'rxjs';
+import { carryDelivery, markProcessed } from '../src/delivery.js';
 import type { Change, Operation } from '../src/types.js';
 import { rowKey } from './rowKey.js';
 
@@ -34,11 +35,16 @@ import { rowKey } from './rowKey.js';
  * batch passes through as the same object.
  *
  * A merged change takes `id`, `txid`, `key` and `committedAt` from the row's LAST change
- * in the batch, so acknowledging it (a durable consumer's cursor) also covers that row's
- * earlier changes. Output is ordered by the position of each row's last change in the
+ * in the batch. Output is ordered by the position of each row's last change in the
  * batch, which keeps ids increasing when the input was. A batch whose every row nets to
- * nothing is not emitted at all (never an empty array); a cursor-style acknowledgement of
- * any later change covers its changes.
+ * nothing is not emitted at all (never an empty array).
+ *
+ * Acknowledgement for a durable consumer whose pipeline ends in `acknowledge()`: the net
+ * change carries every change of its row ({@link carryDelivery}), so acknowledging it
+ * marks them all processed; if the process stops before that, all of them are delivered
+ * again (an insert is never lost behind its update). Every change of a row that nets to
+ * nothing is marked processed at once ({@link markProcessed}). Nothing is marked when
+ * coalescing a batch throws.
  *
  * Rows are identified with {@link rowKey}. An error thrown while coalescing (a key
  * {@link rowKey} cannot encode) is sent downstream.
@@ -57,6 +63,7 @@ import { rowKey } from './rowKey.js';
  * ```
  * @returns an operator from arrays of changes to non-empty arrays of net changes.
  * @see batchChanges
+ * @see markProcessed
  */
 export function coalesce<Row>(): OperatorFunction<readonly Change<Row>[], Change<Row>[]> {
   return pipe(
@@ -66,20 +73,30 @@ export function coalesce<Row>(): OperatorFunction<readonly Change<Row>[], Change
 }
 
 function coalesceBatch<Row>(batch: readonly Change<Row>[]): Change<Row>[] {
-  const rows = new Map<string, { net: Change<Row> | undefined; last: number }>();
+  const rows = new Map<string, { net: Change<Row> | undefined; last: number; changes: Change<Row>[] }>();
   batch.forEach((change, index) => {
     const key = rowKey(change);
     const entry = rows.get(key);
     if (entry === undefined) {
-      rows.set(key, { net: change, last: index });
+      rows.set(key, { net: change, last: index, changes: [change] });
     } else {
       entry.net = entry.net === undefined ? change : merge(entry.net, change);
       entry.last = index;
+      entry.changes.push(change);
     }
   });
+  // The whole batch folded without throwing: only now settle acknowledgement.
   const result: { net: Change<Row>; last: number }[] = [];
   for (const entry of rows.values()) {
-    if (entry.net !== undefined) result.push({ net: entry.net, last: entry.last });
+    const net = entry.net;
+    if (net === undefined) {
+      // Nets to nothing: there is nothing left to do for any of them.
+      for (const change of entry.changes) markProcessed(change);
+      continue;
+    }
+    // The net change carries the effect of every change of the row: they are done when it is.
+    for (const change of entry.changes) carryDelivery(change, net);
+    result.push({ net, last: entry.last });
   }
   return result.sort((a, b) => a.last - b.last).map((entry) => entry.net);
 }

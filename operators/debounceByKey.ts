@@ -5,6 +5,7 @@ import {
   type SchedulerLike,
   type Subscription,
 } from 'rxjs';
+import { carryDelivery } from '../src/delivery.js';
 import { PgTideError } from '../src/errors.js';
 import type { Change } from '../src/types.js';
 import { rowKey } from './rowKey.js';
@@ -30,9 +31,15 @@ import { rowKey } from './rowKey.js';
  * changes are dropped. Unsubscribing cancels every timer. Memory: one entry per row with
  * a change pending, released when it is emitted.
  *
- * Superseded changes are never delivered. Since every row waits the same `ms`, changes are
- * emitted in the order of their arrival, so ids stay increasing and a cursor-style
- * acknowledgement of an emitted change also covers the superseded changes before it.
+ * Superseded changes are never delivered: when a newer change to a row arrives, the
+ * pending one is dropped, and the newer one carries it ({@link carryDelivery}):
+ * acknowledging the newer change marks both processed, so superseded changes never hold
+ * back a durable consumer whose pipeline ends in `acknowledge()`, yet are delivered again
+ * if the process stops before the newer one is acknowledged. Changes still
+ * pending when the source errors or the output is unsubscribed are NOT marked processed:
+ * nobody handled them, so a durable consumer gets them again when it resumes. Since every
+ * row waits the same `ms`, changes are emitted in the order of their arrival, so ids stay
+ * increasing.
  *
  * @example
  * ```ts
@@ -51,6 +58,7 @@ import { rowKey } from './rowKey.js';
  * @param scheduler - schedules the timers; `asyncScheduler` by default.
  * @returns an operator emitting each row's latest change after it settles.
  * @throws PgTideError `INVALID_OPTIONS` if `ms` is negative, `NaN` or infinite.
+ * @see carryDelivery
  */
 export function debounceByKey<Row>(ms: number, scheduler: SchedulerLike = asyncScheduler): MonoTypeOperatorFunction<Change<Row>> {
   if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) {
@@ -87,6 +95,9 @@ export function debounceByKey<Row>(ms: number, scheduler: SchedulerLike = asyncS
             subscriber.next(change);
           }, ms);
           pending.set(key, { change, timer });
+          // The newer change carries the row's final state: the superseded one is done
+          // when the newer one is acknowledged (and delivered again if that never happens).
+          if (previous) carryDelivery(previous.change, change);
         },
         error: (err: unknown) => {
           clear();

@@ -1,4 +1,5 @@
 import { filter, type MonoTypeOperatorFunction } from 'rxjs';
+import { markProcessed } from '../src/delivery.js';
 import type { Change } from '../src/types.js';
 
 /**
@@ -17,6 +18,11 @@ import type { Change } from '../src/types.js';
  * downstream and the source is unsubscribed. Note that an update that moves a row out
  * of the set (`active: true -> false`) is dropped, because only the new row is tested.
  *
+ * Each change it drops is marked processed ({@link markProcessed}): it needs no further
+ * work, so it never holds back the position of a durable consumer whose pipeline ends in
+ * `acknowledge()`. A change whose `predicate` throws is not marked: the stream errors and
+ * the change is delivered again when the consumer resumes.
+ *
  * @example
  * ```ts
  * import { filterRows } from 'pgtide/operators';
@@ -32,10 +38,13 @@ import type { Change } from '../src/types.js';
  * ```
  * @param predicate - called with the row and the whole change; return `true` to keep it.
  * @returns an operator emitting the changes whose row matches.
+ * @see markProcessed
  */
 export function filterRows<Row>(predicate: (row: Row, change: Change<Row>) => boolean): MonoTypeOperatorFunction<Change<Row>> {
   return filter((change) => {
     const row = change.op === 'delete' ? change.old : change.new;
-    return row !== undefined && predicate(row, change);
+    if (row !== undefined && predicate(row, change)) return true;
+    markProcessed(change);
+    return false;
   });
 }

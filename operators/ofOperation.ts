@@ -1,4 +1,5 @@
 import { filter, type OperatorFunction } from 'rxjs';
+import { markProcessed } from '../src/delivery.js';
 import { PgTideError } from '../src/errors.js';
 import type { Change, Operation } from '../src/types.js';
 
@@ -17,6 +18,10 @@ const operations: readonly Operation[] = ['insert', 'update', 'delete'];
  * ofOperation('update'):       -----u-----u--|
  * ```
  *
+ * Each change it drops is marked processed ({@link markProcessed}): a dropped change
+ * needs no further work, so it never holds back the position of a durable consumer
+ * (`changes$(table, { consumer })`) whose pipeline ends in `acknowledge()`.
+ *
  * @example
  * ```ts
  * import { ofOperation } from 'pgtide/operators';
@@ -33,6 +38,7 @@ const operations: readonly Operation[] = ['insert', 'update', 'delete'];
  * @param ops - the operations to keep; at least one of `'insert'`, `'update'`, `'delete'`.
  * @returns an operator emitting the matching changes, each typed {@link ChangeOf}`<Row, Op>`.
  * @throws PgTideError `INVALID_OPTIONS` if `ops` is empty or names an unknown operation.
+ * @see markProcessed
  */
 export function ofOperation<Row, Op extends Operation>(
   ...ops: [Op, ...Op[]]
@@ -51,5 +57,9 @@ export function ofOperation<Row, Op extends Operation>(
     }
   }
   const keep = new Set<Operation>(ops);
-  return filter((change: Change<Row>): change is ChangeOf<Row, Op> => keep.has(change.op));
+  return filter((change: Change<Row>): change is ChangeOf<Row, Op> => {
+    if (keep.has(change.op)) return true;
+    markProcessed(change);
+    return false;
+  });
 }

@@ -1,4 +1,5 @@
 import { filter, type MonoTypeOperatorFunction } from 'rxjs';
+import { markProcessed } from '../src/delivery.js';
 import { PgTideError } from '../src/errors.js';
 import type { Change } from '../src/types.js';
 
@@ -13,7 +14,10 @@ import type { Change } from '../src/types.js';
  * whereChanged('email'):    --i-----------u(email)--d--|
  * ```
  *
- * The test is on column names in `changed` only; values are not compared.
+ * The test is on column names in `changed` only; values are not compared. Each update
+ * it drops is marked processed ({@link markProcessed}): it needs no further work, so it
+ * never holds back the position of a durable consumer whose pipeline ends in
+ * `acknowledge()`.
  *
  * @example
  * ```ts
@@ -31,6 +35,7 @@ import type { Change } from '../src/types.js';
  * @param columns - column names; at least one.
  * @returns an operator that drops the updates touching none of `columns`.
  * @throws PgTideError `INVALID_OPTIONS` if `columns` is empty or holds a non-string.
+ * @see markProcessed
  */
 export function whereChanged<Row>(...columns: [string, ...string[]]): MonoTypeOperatorFunction<Change<Row>> {
   const list: readonly unknown[] = columns;
@@ -46,5 +51,9 @@ export function whereChanged<Row>(...columns: [string, ...string[]]): MonoTypeOp
     }
   }
   const watched = new Set(columns);
-  return filter((change) => change.op !== 'update' || change.changed.some((column) => watched.has(column)));
+  return filter((change) => {
+    if (change.op !== 'update' || change.changed.some((column) => watched.has(column))) return true;
+    markProcessed(change);
+    return false;
+  });
 }

@@ -133,18 +133,20 @@ interface Delivery {
   readonly number: number;
 }
 
-const deliveries = new WeakMap<object, Delivery>();
+/** The deliveries a change stands for: its own, plus those of changes merged into it. */
+const deliveries = new WeakMap<object, Delivery[]>();
 
 /** @internal Ties an emitted change to its stream's ledger. */
 export function recordDelivery(change: Change<unknown>, ledger: Ledger, number: number): void {
-  deliveries.set(change, { ledger, number });
+  deliveries.set(change, [{ ledger, number }]);
 }
 
 /**
- * Marks a change of a durable consumer stream as processed, as `acknowledge()` does.
- * Operators that drop or merge changes call it for the changes they drop, so a
- * consumer's position is not held back by a change nobody will acknowledge. A change
- * that did not come from a durable consumer stream is ignored.
+ * Marks a change of a durable consumer stream as processed (and every change it
+ * carries, see {@link carryDelivery}), as `acknowledge()` does. Operators that drop
+ * changes call it for the changes they drop, so a consumer's position is not held back
+ * by a change nobody will acknowledge. A change that did not come from a durable
+ * consumer stream is ignored.
  *
  * @example
  * ```ts
@@ -157,15 +159,18 @@ export function recordDelivery(change: Change<unknown>, ledger: Ledger, number: 
  * ```
  */
 export function markProcessed(change: Change<unknown>): void {
-  const delivery = deliveries.get(change);
-  delivery?.ledger.complete(delivery.number);
+  for (const delivery of deliveries.get(change) ?? []) delivery.ledger.complete(delivery.number);
 }
 
 /**
- * Makes `derived` (a new object an operator built from `original`, such as a merged or
- * projected change) acknowledge `original` when it is acknowledged.
+ * Makes `successor` stand for `original` too: acknowledging `successor` then also
+ * marks `original` processed. For operators that build a new change from an old one
+ * (projection, merge), and for those that let a later change of a row supersede an
+ * earlier one (debounce, coalesce): the earlier change is done only once the change
+ * carrying its effect is, so a crash in between delivers it again.
  */
-export function carryDelivery(original: Change<unknown>, derived: Change<unknown>): void {
-  const delivery = deliveries.get(original);
-  if (delivery) deliveries.set(derived, delivery);
+export function carryDelivery(original: Change<unknown>, successor: Change<unknown>): void {
+  const carried = deliveries.get(original);
+  if (!carried || original === successor) return;
+  deliveries.set(successor, [...(deliveries.get(successor) ?? []), ...carried]);
 }

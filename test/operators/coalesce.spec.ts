@@ -1,9 +1,12 @@
-import { mergeMap, of } from 'rxjs';
+import { delay, mergeMap, of } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
+import { acknowledge } from '../../operators/acknowledge.js';
+import { batchChanges } from '../../operators/batchChanges.js';
 import { coalesce } from '../../operators/coalesce.js';
+import { markProcessed } from '../../src/delivery.js';
 import type { Change } from '../../src/types.js';
-import { committedAt, del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { committedAt, consumer, del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const ann: User = { id: 1, name: 'Ann', email: 'a@x' };
 const al: User = { id: 1, name: 'Al', email: 'a@x' };
@@ -152,6 +155,101 @@ describe('coalesce', () => {
       });
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
+  });
+
+  it('lets the merged change carry every change of its row, all acknowledged with it', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    // Row 1: a then b (merged into a new insert); row 2: c alone.
+    const a = ins('1', ann);
+    const b = upd('2', al, ann, ['name']);
+    const c = ins('3', bo);
+    const merged = change({ id: '2', op: 'insert', key: { id: 1 }, new: al, changed: ['id', 'name', 'email'] });
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -abc---|', { a, b, c });
+      const expected = '-----x-|';
+
+      // The net batch takes 2 frames to handle.
+      const handled = e1.pipe(mailer.delivered(), batchChanges({ size: 3 }), coalesce(), delay(2), acknowledge());
+      expectObservable(handled).toBe(expected, { x: [merged, c] });
+    });
+    // Nothing is done at 3, when the batch is coalesced; acknowledging the merged change
+    // at 5 completes a (1) and b (2), then c (3).
+    expect(mailer.moves).toEqual([
+      { id: '1', frame: 5 },
+      { id: '2', frame: 5 },
+      { id: '3', frame: 5 },
+    ]);
+    expect(mailer.ledger.inFlight).toBe(0);
+  });
+
+  it('marks every change of a row that nets to nothing processed, even when the batch is not emitted', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    const i1 = ins('1', ann);
+    const u1 = upd('2', al, ann, ['name']);
+    const d1 = del('3', al);
+    const i2 = ins('4', bo);
+    const d2 = del('5', bo);
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -x--y--|', { x: [i1, u1, d1], y: [i2, d2] });
+      const expected = '-------|';
+
+      const batches = e1.pipe(
+        mergeMap((batch) => of(batch.map((item) => mailer.deliver(item)))),
+        coalesce(),
+        acknowledge(),
+      );
+      expectObservable(batches).toBe(expected);
+    });
+    expect(mailer.moves).toEqual([
+      { id: '1', frame: 1 },
+      { id: '2', frame: 1 },
+      { id: '3', frame: 1 },
+      { id: '4', frame: 4 },
+      { id: '5', frame: 4 },
+    ]);
+  });
+
+  it('keeps the earlier changes of a row pending until the winning change is acknowledged', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    // insert, delete, insert: the net change is the last insert itself.
+    const i1 = ins('1', ann);
+    const d1 = del('2', ann);
+    const again = ins('3', al);
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -abc---|', { a: i1, b: d1, c: again });
+      const expected = '---x---|';
+
+      const batches = e1.pipe(mailer.delivered(), batchChanges({ size: 3 }), coalesce());
+      expectObservable(batches).toBe(expected, { x: [again] });
+    });
+    // Not acknowledged: all three stay pending, to be delivered again after a crash.
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(3);
+    // Acknowledging the winner completes 3 (waiting for 1 and 2), then 1, then 2: 1, then 3.
+    markProcessed(again);
+    expect(mailer.moves.map((move) => move.id)).toEqual(['1', '3']);
+    expect(mailer.ledger.inFlight).toBe(0);
+  });
+
+  it('marks nothing when coalescing a batch throws', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    const bad = ins('3', bo, { key: { id: { n: 2n } } });
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -x--|', { x: [ins('1', ann), upd('2', al, ann, ['name']), bad] });
+      const expected = '-#   ';
+
+      const batches = e1.pipe(
+        mergeMap((batch) => of(batch.map((item) => mailer.deliver(item)))),
+        coalesce(),
+      );
+      expectObservable(batches).toBe(expected, undefined, new TypeError('Do not know how to serialize a BigInt'));
+    });
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(3);
   });
 
   it('should handle an empty batch by emitting nothing', () => {

@@ -1,9 +1,10 @@
 import { mergeMap, of } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
+import { acknowledge } from '../../operators/acknowledge.js';
 import { debounceByKey } from '../../operators/debounceByKey.js';
 import type { Change } from '../../src/types.js';
-import { CountingScheduler, del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { consumer, CountingScheduler, del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 // Row 1: a, c, e; row 2: b, d.
 const values = {
@@ -27,6 +28,72 @@ describe('debounceByKey', () => {
       expectObservable(e1.pipe(debounceByKey(3))).toBe(expected, values);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
+  });
+
+  it('marks a superseded change processed only when the newer change that carries it is acknowledged', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  -a-c-e-------|', values);
+      const e1subs = '  ^------------!';
+      const expected = '--------e----|';
+
+      expectObservable(e1.pipe(mailer.delivered(), debounceByKey(3), acknowledge())).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+    // a (1) is superseded by c at 3, c (3) by e at 5; acknowledging e (5) at 8 covers all three.
+    expect(mailer.moves).toEqual([{ id: '5', frame: 8 }]);
+  });
+
+  it('does not move the position past another row\'s pending change', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    // x: row 2, delivered first; y then z: row 1.
+    const x = ins('1', { id: 2, name: 'Bo' });
+    const y = ins('2', { id: 1, name: 'Ann' });
+    const z = upd('3', { id: 1, name: 'Al' }, { id: 1, name: 'Ann' });
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -xy-z-------|', { x, y, z });
+      const expected = '-----x--z---|';
+
+      expectObservable(e1.pipe(mailer.delivered(), debounceByKey(4), acknowledge())).toBe(expected, { x, z });
+    });
+    // x (1) is acknowledged at 5; y (2), superseded by z at 4, is done only with z (3) at 8.
+    expect(mailer.moves).toEqual([
+      { id: '1', frame: 5 },
+      { id: '3', frame: 8 },
+    ]);
+  });
+
+  it('does not mark pending changes processed when the source errors', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -a-c-#', values);
+      const expected = '-----#';
+
+      expectObservable(e1.pipe(mailer.delivered(), debounceByKey(3), acknowledge())).toBe(expected, values);
+    });
+    // c was pending (carrying a) when the error came: neither is done, both come again.
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(2);
+  });
+
+  it('does not mark pending changes processed on unsubscribe', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  -a-cb-------|', values);
+      const e1subs = '  ^----!       ';
+      const unsub = '   -----!       ';
+      const expected = '------       ';
+
+      expectObservable(e1.pipe(mailer.delivered(), debounceByKey(3), acknowledge()), unsub).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+    // c (carrying a) and b were pending: nothing is done.
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(3);
   });
 
   it('emits a change after ms when nothing follows it', () => {

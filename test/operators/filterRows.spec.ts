@@ -1,9 +1,10 @@
-import { mergeMap, of } from 'rxjs';
+import { delay, mergeMap, of } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
+import { acknowledge } from '../../operators/acknowledge.js';
 import { filterRows } from '../../operators/filterRows.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { consumer, del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   a: ins('1', { id: 1, name: 'Ann', active: true }),
@@ -28,6 +29,54 @@ describe('filterRows', () => {
       expectObservable(e1.pipe(filterRows(isActive))).toBe(expected, values);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
+  });
+
+  it('marks each dropped change processed, without moving the position past a change in progress', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --a--b--c--o--|', values);
+      const e1subs = '  ^-------------!';
+      const expected = '------a-----c-|';
+
+      // Each kept change takes 4 frames to handle; b and o are dropped.
+      const handled = e1.pipe(mailer.delivered(), filterRows(isActive), delay(4), acknowledge());
+      expectObservable(handled).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+    // b (2) and o (4) each wait for the kept change before them (a at 6, c at 12).
+    expect(mailer.moves).toEqual([
+      { id: '2', frame: 6 },
+      { id: '4', frame: 12 },
+    ]);
+  });
+
+  it('marks a change without a row processed, but not one whose predicate throws', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const { new: _dropped, ...bare } = ins('1', { id: 1, name: 'Ann' });
+      const noRow: Change<User> = bare;
+      const e1 = hot('  --n--b--c--|', { n: noRow, b: values.b, c: values.c });
+      const e1subs = '  ^-------!   ';
+      const expected = '--------#   ';
+
+      const result = e1.pipe(
+        mailer.delivered(),
+        filterRows((row) => {
+          if (row.active === true) throw new Error('predicate failed');
+          return false;
+        }),
+      );
+      expectObservable(result).toBe(expected, undefined, new Error('predicate failed'));
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+    // n (1, no row) and b (2, predicate false) are done; c (3) made the predicate throw.
+    expect(mailer.moves).toEqual([
+      { id: '1', frame: 2 },
+      { id: '2', frame: 5 },
+    ]);
+    expect(mailer.ledger.inFlight).toBe(1);
   });
 
   it('passes the whole change as the second argument', () => {

@@ -1,6 +1,7 @@
-import type { SchedulerAction, SchedulerLike, Subscription } from 'rxjs';
+import { tap, type MonoTypeOperatorFunction, type SchedulerAction, type SchedulerLike, type Subscription } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { expect } from 'vitest';
+import { Ledger, recordDelivery } from '../../src/delivery.js';
 import type { Change } from '../../src/types.js';
 
 /** The row type of the fixture table `public.users` (a type alias, so it is a `Record`). */
@@ -84,4 +85,40 @@ export class CountingScheduler implements SchedulerLike {
 /** A fresh marble scheduler whose assertions go through vitest's deep equality. */
 export function newScheduler(): TestScheduler {
   return new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+}
+
+/** One move of a consumer's processed position: the change it moved to, and when. */
+export interface Move {
+  readonly id: string;
+  readonly frame: number;
+}
+
+/** A real delivery {@link Ledger} of one durable consumer stream, recording every move. */
+export interface Consumer {
+  readonly ledger: Ledger;
+  /** Each move of the processed position, in order, with `scheduler.now()` at the time. */
+  readonly moves: Move[];
+  /**
+   * Records each change that passes as delivered by the consumer stream, in the order
+   * they pass, as `changes$(table, { consumer })` does when it emits them.
+   */
+  delivered<C extends Change<unknown>>(): MonoTypeOperatorFunction<C>;
+  /** Records one change as delivered now; returns it. */
+  deliver<C extends Change<unknown>>(change: C): C;
+}
+
+const noop = (): void => undefined;
+const quiet = { debug: noop, info: noop, warn: noop, error: noop };
+
+/** A consumer starting before every change; its position is `{ pos: 0n, id: <change id> }`. */
+export function consumer(scheduler: SchedulerLike): Consumer {
+  const moves: Move[] = [];
+  const ledger = new Ledger({ pos: 0n, id: 0n }, () => Promise.resolve(), 0, quiet, (position) =>
+    moves.push({ id: position.id.toString(), frame: scheduler.now() }),
+  );
+  const deliver = <C extends Change<unknown>>(change: C): C => {
+    recordDelivery(change, ledger, ledger.deliver({ pos: 0n, id: BigInt(change.id) }));
+    return change;
+  };
+  return { ledger, moves, deliver, delivered: <C extends Change<unknown>>() => tap<C>(deliver) };
 }

@@ -1,10 +1,11 @@
-import { mergeMap, of, type Observable } from 'rxjs';
+import { delay, mergeMap, of, type Observable } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, expectTypeOf, it } from 'vitest';
+import { acknowledge } from '../../operators/acknowledge.js';
 import { ofOperation, type ChangeOf } from '../../operators/ofOperation.js';
 import { PgTideError } from '../../src/errors.js';
 import type { Change, Operation } from '../../src/types.js';
-import { del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { consumer, del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   i: ins('1', { id: 1, name: 'Ann' }),
@@ -26,6 +27,40 @@ describe('ofOperation', () => {
       expectObservable(e1.pipe(ofOperation<User, 'update'>('update'))).toBe(expected, values);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
+  });
+
+  it('marks each dropped change processed, without moving the position past a change in progress', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--u--d--v--|     ', values);
+      const e1subs = '  ^-------------!     ';
+      const expected = '---------u-----(v|) ';
+
+      // Each kept update takes 4 frames to handle; the dropped i and d need no work.
+      const handled = e1.pipe(mailer.delivered(), ofOperation('update'), delay(4), acknowledge());
+      expectObservable(handled).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+    // i (1) at once; d (3), dropped at 8, waits for u (2), acknowledged at 9; then v (4).
+    expect(mailer.moves).toEqual([
+      { id: '1', frame: 2 },
+      { id: '3', frame: 9 },
+      { id: '4', frame: 15 },
+    ]);
+  });
+
+  it('does not mark the changes it keeps', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  --u--v--|', values);
+      const expected = '--u--v--|';
+
+      expectObservable(e1.pipe(mailer.delivered(), ofOperation('update'))).toBe(expected, values);
+    });
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(2);
   });
 
   it('keeps changes of any of several operations', () => {

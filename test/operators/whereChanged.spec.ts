@@ -1,9 +1,10 @@
-import { mergeMap, of } from 'rxjs';
+import { delay, mergeMap, of } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
+import { acknowledge } from '../../operators/acknowledge.js';
 import { whereChanged } from '../../operators/whereChanged.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { consumer, del, ins, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   i: ins('1', { id: 1, name: 'Ann', email: 'a@x' }),
@@ -39,6 +40,40 @@ describe('whereChanged', () => {
       expectObservable(e1.pipe(whereChanged('email', 'active'))).toBe(expected, values);
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
+  });
+
+  it('marks each dropped update processed, without moving the position past a change in progress', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--n--e--|     ', values);
+      const e1subs = '  ^----------!     ';
+      const expected = '------i-----(e|) ';
+
+      // Each kept change takes 4 frames to handle; n (name only) is dropped at 5.
+      const handled = e1.pipe(mailer.delivered(), whereChanged('email'), delay(4), acknowledge());
+      expectObservable(handled).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+    // n (2) waits for i (1): acknowledging i at 6 moves the position past both.
+    expect(mailer.moves).toEqual([
+      { id: '2', frame: 6 },
+      { id: '3', frame: 12 },
+    ]);
+  });
+
+  it('marks a dropped update processed at once when nothing is in progress', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  --n--b--|', values);
+      const expected = '-----b--|';
+
+      expectObservable(e1.pipe(mailer.delivered(), whereChanged('email'))).toBe(expected, values);
+    });
+    // n is done at 2; b (kept, never acknowledged) stays in flight.
+    expect(mailer.moves).toEqual([{ id: '2', frame: 2 }]);
+    expect(mailer.ledger.inFlight).toBe(1);
   });
 
   it('judges by the changed list, not by comparing values', () => {
