@@ -262,3 +262,17 @@ describe('backpressure', () => {
     subscription.unsubscribe();
   });
 });
+
+describe('background prune', () => {
+  it('prunes by itself every pruneInterval', async () => {
+    await db.pool.query(`CREATE TABLE swept (id int PRIMARY KEY)`);
+    const sweeping = await db.tide({ pruneInterval: 50, retention: 0 });
+    await sweeping.watch('swept');
+    await db.pool.query(`INSERT INTO swept SELECT generate_series(1, 30)`);
+    await eventually(
+      async () =>
+        Number((await db.pool.query(`SELECT count(*) FROM pgtide.log WHERE relid = 'swept'::regclass`)).rows[0].count) === 0,
+      'log swept by the background prune',
+    );
+  });
+});
