@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { defer, filter, map, startWith, Subject, switchMap, type Observable } from 'rxjs';
+import { defer, filter, map, pipe, startWith, Subject, switchMap, type Observable, type OperatorFunction } from 'rxjs';
 import { stateKey, toState } from '../operators/toState.js';
 import { unwatchTable, watchTable } from './capture.js';
 import { assertColumns, describeTable, type TableInfo } from './catalog.js';
@@ -168,10 +168,7 @@ export class Tide {
    *   `NO_PRIMARY_KEY` and `UNKNOWN_POSITION` as the stream's error, before anything is installed.
    */
   changes$<Row = RowData>(table: string, options: ChangesOptions<Row> = {}): Observable<Change<Row>> {
-    return this.events$(table, options).pipe(
-      filter((event): event is Extract<StreamEvent<Row>, { kind: 'change' }> => event.kind === 'change'),
-      map((event) => event.change),
-    );
+    return this.events$(table, options).pipe(onlyChanges());
   }
 
   /**
@@ -228,8 +225,7 @@ export class Tide {
     }).pipe(
       switchMap(({ initial, resume }) =>
         changeEvents(this.streamContext(), name, changesOptions, resume).pipe(
-          filter((event): event is Extract<StreamEvent<Row>, { kind: 'change' }> => event.kind === 'change'),
-          map((event) => event.change),
+          onlyChanges(),
           toState<Row>(stateKey, initial),
           startWith(initial as ReadonlyMap<string, Row>),
         ),
@@ -447,4 +443,12 @@ function parseSnapshotRow<Row>(schema: NonNullable<StateOptions<Row>['schema']>,
   } catch (error) {
     throw new PgTideError('INVALID_ROW', `row ${JSON.stringify(key)} of ${table} does not match the schema`, { table, key }, { cause: error });
   }
+}
+
+/** Drops the `caught-up` marker: the changes of an event stream. */
+function onlyChanges<Row>(): OperatorFunction<StreamEvent<Row>, Change<Row>> {
+  return pipe(
+    filter((event): event is Extract<StreamEvent<Row>, { kind: 'change' }> => event.kind === 'change'),
+    map((event) => event.change),
+  );
 }
