@@ -220,6 +220,19 @@ AS $$
     FROM unnest(key_columns) k
 $$;
 
+-- TRUNCATE fires no row triggers: a watched table emptied by it would leave every
+-- consumer and every live state with rows that no longer exist. Refuse it, clearly.
+CREATE FUNCTION :SCHEMA.refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  RAISE EXCEPTION 'pgtide watches table %.%: TRUNCATE would bypass change capture', TG_TABLE_SCHEMA, TG_TABLE_NAME
+    USING ERRCODE = 'feature_not_supported',
+          HINT = 'use DELETE (captured as deletes), or unwatch the table first';
+END
+$$;
+
 -- Install (or widen) capture for one table. Callers validate first for friendly errors;
 -- this re-checks under the table's lock so a concurrent ALTER cannot slip in between.
 CREATE FUNCTION :SCHEMA.watch(rel regclass, watch_columns text[])
@@ -270,6 +283,8 @@ BEGIN
       trigger_prefix || 'update', rel, :SCHEMA_LITERAL_IDENT);
     EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %s.capture()',
       trigger_prefix || 'delete', rel, :SCHEMA_LITERAL_IDENT);
+    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s.refuse_truncate()',
+      trigger_prefix || 'truncate', rel, :SCHEMA_LITERAL_IDENT);
   END IF;
 END
 $$;
@@ -284,7 +299,7 @@ DECLARE
   trigger_prefix text := :CHANNEL || '_capture_';
   op text;
 BEGIN
-  FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+  FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate'] LOOP
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trigger_prefix || op, rel);
   END LOOP;
   DELETE FROM :SCHEMA.watched w WHERE w.relid = rel;

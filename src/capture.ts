@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { assertColumns, describeTable, type TableInfo } from './catalog.js';
 import { PgTideError } from './errors.js';
-import { sqlState, type SchemaNames } from './sql.js';
+import { classifyDatabaseError, sqlState, type SchemaNames } from './sql.js';
 
 /**
  * Installs (or widens) capture for a table: validates the table and columns first, so
@@ -23,7 +23,7 @@ export async function watchTable(
     if (sqlState(error) === 'PT001') {
       throw new PgTideError('NO_PRIMARY_KEY', `table ${info.qualified} has no primary key`, { table }, { cause: error });
     }
-    throw error;
+    throw classifyDatabaseError(error, `watch ${info.qualified}`) ?? error;
   }
   return info;
 }

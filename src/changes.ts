@@ -4,7 +4,8 @@ import { assertColumns, type TableInfo } from './catalog.js';
 import { projectRow, rowKeyString, toChange } from './change.js';
 import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
-import type { FeedMember, Hub } from './hub.js';
+import { lostConnection, type FeedMember, type Hub } from './hub.js';
+import { classifyDatabaseError } from './sql.js';
 import { BEGINNING, comparePositions, positionOf, type LogPage, type LogReader, type Position } from './log.js';
 import type { Change, ChangesOptions, Logger, RowData, StreamEvent } from './types.js';
 
@@ -25,6 +26,8 @@ export interface StreamContext {
   saveConsumerPosition(name: string, position: Position): Promise<void>;
   /** Milliseconds a consumer's processed position may wait before it is written. */
   readonly acknowledgeFlushDelay: number;
+  /** How long (ms) reads may keep failing before the stream fails with `CONNECTION_LOST`. */
+  readonly reconnectTimeout: number;
   /** Whether the Tide is closed; streams complete instead of erroring then. */
   readonly closed: () => boolean;
   /**
@@ -119,7 +122,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
     } catch (error) {
       if (this.ended) return;
       if (this.context.closed()) void this.complete(false);
-      else this.fail(error);
+      else this.fail(classifyDatabaseError(error, `changes$('${this.table}')`) ?? error);
     }
   }
 
@@ -164,7 +167,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
     this.feed = undefined;
   }
 
-  private fail(error: unknown): void {
+  fail(error: unknown): void {
     if (this.ended) return;
     void this.teardown(false);
     this.subscriber.error(error);
@@ -286,12 +289,16 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
 
   /** Runs a read, retrying with backoff while the database is unreachable. */
   private async retrying(read: () => Promise<LogPage>): Promise<LogPage | undefined> {
+    let failingSince: number | undefined;
     for (let attempt = 1; ; attempt += 1) {
       if (this.ended) return undefined;
       try {
         return await read();
       } catch (error) {
         if (this.context.closed() || error instanceof PgTideError) throw error;
+        failingSince ??= Date.now();
+        const giveUp = lostConnection(error, failingSince, this.context.reconnectTimeout, this.info?.qualified ?? this.table);
+        if (giveUp) throw giveUp;
         this.context.logger.warn('pgtide: reading the change log failed; retrying', {
           table: this.info?.qualified,
           error: String(error),

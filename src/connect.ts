@@ -30,7 +30,7 @@ import {
   parseWatchOptions,
   type ConnectOptions,
 } from './options.js';
-import { resolveSchemaNames, type SchemaNames } from './sql.js';
+import { classifyDatabaseError, resolveSchemaNames, type SchemaNames } from './sql.js';
 import type {
   Blocker,
   Change,
@@ -78,7 +78,7 @@ export async function connect(options: ConnectOptions): Promise<Tide> {
     return tide;
   } catch (error) {
     if (ownsPool) await pool.end().catch(() => undefined);
-    throw error;
+    throw classifyDatabaseError(error, 'connect') ?? error;
   }
 }
 
@@ -100,6 +100,7 @@ export class Tide {
   private readonly prepared = new Map<string, Promise<TableInfo>>();
   private readonly pageSize: number;
   private readonly acknowledgeFlushDelay: number;
+  private readonly reconnectTimeout: number;
   private readonly retentionSeconds: number;
   private readonly maxLag: number;
   private readonly pruneTimer: NodeJS.Timeout | undefined;
@@ -125,6 +126,7 @@ export class Tide {
     this.logger = options.logger ?? consoleLogger;
     this.pageSize = options.pageSize ?? 1000;
     this.acknowledgeFlushDelay = options.acknowledgeFlushDelay ?? 100;
+    this.reconnectTimeout = options.reconnectTimeout ?? 60_000;
     this.retentionSeconds = (options.retention ?? 24 * 3600_000) / 1000;
     this.maxLag = options.maxLag ?? 10_000_000;
     const pruneInterval = options.pruneInterval ?? 60_000;
@@ -140,6 +142,7 @@ export class Tide {
       logger: this.logger,
       pageSize: this.pageSize,
       pollInterval: options.pollInterval ?? 1000,
+      reconnectTimeout: this.reconnectTimeout,
     });
     this.listener = new Listener(pool.options, names.name, {
       nudge: (relid) => this.hub.nudge(relid),
@@ -372,6 +375,7 @@ export class Tide {
       logger: this.logger,
       pageSize: this.pageSize,
       acknowledgeFlushDelay: this.acknowledgeFlushDelay,
+      reconnectTimeout: this.reconnectTimeout,
       closed: () => this.closed,
       prepare: (table, columns, check) => this.prepare(table, columns, check),
       consumerPosition: (name, table, start) => this.consumerPosition(name, table, start),

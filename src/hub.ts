@@ -1,6 +1,8 @@
 import type { TableInfo } from './catalog.js';
 import { rowKeyString, toChange } from './change.js';
 import { backoffDelay } from './backoff.js';
+import { PgTideError } from './errors.js';
+import { classifyDatabaseError, isTransient } from './sql.js';
 import { positionOf, type LogReader, type Position } from './log.js';
 import type { Change, Logger } from './types.js';
 
@@ -9,6 +11,8 @@ export interface FeedMember {
   /** When set, the member only wants rows with this key (see `rowKeyString`). */
   readonly rowKey?: string;
   receive(change: Change, position: Position): void;
+  /** The feed gave up (the database stayed unreachable): the member errors. */
+  fail(error: unknown): void;
 }
 
 export interface HubSettings {
@@ -18,6 +22,8 @@ export interface HubSettings {
   readonly pageSize: number;
   /** How often a feed reads without a wake-up: the fallback when NOTIFY is missed or down. */
   readonly pollInterval: number;
+  /** How long (ms) reads may keep failing before the members are failed with `CONNECTION_LOST`. */
+  readonly reconnectTimeout: number;
 }
 
 /**
@@ -41,6 +47,7 @@ export class TableFeed {
   private timer: NodeJS.Timeout | undefined;
   private busyDelay = minBusyDelay;
   private failures = 0;
+  private failingSince: number | undefined;
 
   constructor(
     readonly table: TableInfo,
@@ -117,14 +124,22 @@ export class TableFeed {
         if (page.full) this.again = true;
       } while (this.again && !this.stopped);
       this.failures = 0;
+      this.failingSince = undefined;
     } catch (error) {
+      this.reading = false;
       this.failures += 1;
+      this.failingSince ??= Date.now();
+      const giveUp = lostConnection(error, this.failingSince, this.settings.reconnectTimeout, this.table.qualified);
+      if (giveUp) {
+        for (const member of [...this.everyRow, ...[...this.byKey.values()].flatMap((set) => [...set])]) member.fail(giveUp);
+        this.stop();
+        return;
+      }
       this.settings.logger.warn('pgtide: reading the change log failed; retrying', {
         table: this.table.qualified,
         error: String(error),
         attempt: this.failures,
       });
-      this.reading = false;
       this.schedule(backoffDelay(this.failures));
       return;
     } finally {
@@ -192,4 +207,20 @@ export class Hub {
   stop(): void {
     for (const feed of [...this.feeds.values()]) feed.stop();
   }
+}
+
+/**
+ * After a failed read: the error to fail streams with, or undefined to retry. Transient
+ * trouble (network, server restart) is retried until `reconnectTimeout` has passed since
+ * the first failure; anything else (a missing privilege, say) fails at once.
+ */
+export function lostConnection(error: unknown, failingSince: number, reconnectTimeout: number, table: string): PgTideError | undefined {
+  if (!isTransient(error)) return classifyDatabaseError(error, `reading changes of ${table}`) ?? new PgTideError('CONNECTION_LOST', `reading changes of ${table} failed: ${String(error)}`, { table }, { cause: error });
+  if (Date.now() - failingSince < reconnectTimeout) return undefined;
+  return new PgTideError(
+    'CONNECTION_LOST',
+    `the database has been unreachable for ${Math.round((Date.now() - failingSince) / 1000)}s (reconnectTimeout): ${String(error)}`,
+    { table },
+    { cause: error },
+  );
 }

@@ -26,6 +26,11 @@ export interface ConnectOptions {
    * close). Default 100.
    */
   readonly acknowledgeFlushDelay?: number;
+  /**
+   * How long (ms) streams keep retrying while the database is unreachable before they
+   * fail with `CONNECTION_LOST`. Default 60000.
+   */
+  readonly reconnectTimeout?: number;
   /** Milliseconds between background prunes; 0 turns them off. Default 60000. */
   readonly pruneInterval?: number;
   /**
@@ -58,6 +63,7 @@ const connectSchema = z
     pollInterval: z.number().int().min(10).optional(),
     acknowledgeFlushDelay: z.number().int().min(0).optional(),
     pruneInterval: z.number().int().min(0).optional(),
+    reconnectTimeout: z.number().int().min(0).optional(),
     retention: z.number().int().min(0).optional(),
     maxLag: z.number().int().min(1).optional(),
   })

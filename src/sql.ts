@@ -1,4 +1,5 @@
 import type { Pool, PoolClient } from 'pg';
+import { PgTideError } from './errors.js';
 
 /** Identifier forms of the SDK's schema, quoted by the server (`format('%I')`), never by hand. */
 export interface SchemaNames {
@@ -43,4 +44,45 @@ export function sqlState(error: unknown): string | undefined {
   return typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string'
     ? error.code
     : undefined;
+}
+
+const networkErrors = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'ETIMEDOUT', 'EHOSTUNREACH', 'EPIPE', 'EAI_AGAIN']);
+
+/**
+ * Whether an error means "the database is not reachable right now" (network trouble,
+ * a server shutting down or restarting, no connection slots): worth retrying.
+ */
+export function isTransient(error: unknown): boolean {
+  const code = sqlState(error);
+  if (code && networkErrors.has(code)) return true;
+  if (code && (code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === '53300')) {
+    return true;
+  }
+  const message = error instanceof Error ? error.message : '';
+  return /Connection terminated|connection timeout|Client has encountered a connection error|not queryable/i.test(message);
+}
+
+/**
+ * The typed error for a database error a user can act on (unreachable server, failed
+ * authentication, missing privilege), or undefined for anything else.
+ */
+export function classifyDatabaseError(error: unknown, what: string): PgTideError | undefined {
+  if (error instanceof PgTideError) return error;
+  const code = sqlState(error);
+  const message = error instanceof Error ? error.message : String(error);
+  if (code === '28P01' || code === '28000') {
+    return new PgTideError('AUTHENTICATION_FAILED', `${what}: authentication failed: ${message}`, { sqlState: code }, { cause: error });
+  }
+  if (code === '42501') {
+    return new PgTideError(
+      'PERMISSION_DENIED',
+      `${what}: permission denied: ${message} (see "Roles and grants" in the README)`,
+      { sqlState: code },
+      { cause: error },
+    );
+  }
+  if (code === '3D000' || isTransient(error)) {
+    return new PgTideError('CONNECTION_FAILED', `${what}: cannot reach the database: ${message}`, { sqlState: code }, { cause: error });
+  }
+  return undefined;
 }

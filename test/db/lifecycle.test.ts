@@ -175,8 +175,8 @@ describe('unwatch and close', () => {
       const tides = await Promise.all(
         Array.from({ length: 10 }, () => connect({ connectionString: fresh.url, logger: quietLogger })),
       );
-      const { rows } = await fresh.pool.query(`SELECT version FROM pgtide.migrations`);
-      expect(rows).toEqual([{ version: 1 }]);
+      const { rows } = await fresh.pool.query(`SELECT version FROM pgtide.migrations ORDER BY version`);
+      expect(rows).toEqual([{ version: 1 }, { version: 2 }]);
       await Promise.all(tides.map((each) => each.close()));
       const again = await connect({ connectionString: fresh.url, logger: quietLogger });
       await again.close();
