@@ -402,11 +402,30 @@ export class Tide {
       const info = await prepared;
       check(info);
       if (columns) assertColumns(info, columns, 'columns');
+      await this.assertReadable(info);
       await this.ensureWatched(info, columns);
       return info;
     } catch (error) {
       this.prepared.delete(cacheKey);
       throw error;
+    }
+  }
+
+  /**
+   * A role sees the changes of the tables it may read and no others (row-level security
+   * on the log): say so at once rather than stream nothing.
+   */
+  private async assertReadable(info: TableInfo): Promise<void> {
+    const { rows } = await this.pool.query<{ readable: boolean }>(
+      `SELECT has_table_privilege($1::oid, 'SELECT') AS readable`,
+      [info.relid],
+    );
+    if (!rows[0]?.readable) {
+      throw new PgTideError(
+        'PERMISSION_DENIED',
+        `permission denied: this role may not SELECT from ${info.qualified}, so it may not read its changes`,
+        { table: info.qualified },
+      );
     }
   }
 
