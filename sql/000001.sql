@@ -133,10 +133,10 @@ BEGIN
 
   IF TG_OP = 'INSERT' THEN
     INSERT INTO :SCHEMA.log (pos, txid, relid, op, new, written_at)
-      SELECT position, xid, TG_RELID, 'i', to_jsonb(n), written FROM new_rows n;
+      SELECT position, xid, TG_RELID, 'i', to_jsonb(n.*), written FROM new_rows n;
   ELSIF TG_OP = 'DELETE' THEN
     INSERT INTO :SCHEMA.log (pos, txid, relid, op, old, written_at)
-      SELECT position, xid, TG_RELID, 'd', to_jsonb(o), written FROM old_rows o;
+      SELECT position, xid, TG_RELID, 'd', to_jsonb(o.*), written FROM old_rows o;
   ELSE
     EXECUTE registry.update_sql USING position, xid, written;
   END IF;
@@ -197,9 +197,9 @@ BEGIN
 SELECT $1, $2, %2$s::oid,
   CASE WHEN o.%3$s IS NULL THEN 'i' WHEN n.%3$s IS NULL THEN 'd' ELSE 'u' END::"char",
   CASE WHEN o.%3$s IS NOT NULL AND n.%3$s IS NOT NULL THEN array_remove(ARRAY[%4$s]::text[], NULL) END,
-  CASE WHEN n.%3$s IS NOT NULL THEN to_jsonb(n) END,
-  CASE WHEN n.%3$s IS NULL THEN to_jsonb(o)
-       WHEN o.%3$s IS NOT NULL THEN to_jsonb(o) - array_remove(ARRAY[%5$s]::text[], NULL) END,
+  CASE WHEN n.%3$s IS NOT NULL THEN to_jsonb(n.*) END,
+  CASE WHEN n.%3$s IS NULL THEN to_jsonb(o.*)
+       WHEN o.%3$s IS NOT NULL THEN to_jsonb(o.*) - array_remove(ARRAY[%5$s]::text[], NULL) END,
   $3
 FROM old_rows o FULL JOIN new_rows n ON %6$s
 WHERE o.%3$s IS NULL OR n.%3$s IS NULL OR %7$s$f$,

@@ -15,6 +15,12 @@ export async function watchTable(
   columns: readonly string[] | undefined,
 ): Promise<TableInfo> {
   const info = await describeTable(pool, table);
+  if (info.schema === schema.name) {
+    // Capturing pgtide's own log would capture its own captures, without end.
+    throw new PgTideError('UNSUPPORTED_TABLE', `${info.qualified} belongs to pgtide itself and cannot be watched`, {
+      table,
+    });
+  }
   if (columns) assertColumns(info, columns, 'columns');
   try {
     await pool.query(`SELECT ${schema.ident}.watch($1::oid::regclass, $2::text[])`, [info.relid, columns ?? null]);

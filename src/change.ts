@@ -21,7 +21,7 @@ export function toChange(row: LogRow, table: TableInfo): Change {
     key,
     new: after,
     old: before,
-    changed: row.changed ?? Object.keys(keySource),
+    changed: row.changed ?? columnsOf(keySource, table),
     committedAt: row.written_at,
   };
 }
@@ -45,4 +45,11 @@ export function projectRow(row: RowData | undefined, keep: ReadonlySet<string>):
   const projected: RowData = {};
   for (const column of Object.keys(row)) if (keep.has(column)) projected[column] = row[column];
   return projected;
+}
+
+/** A row's columns in table order (jsonb orders keys by length), then any the cached table info lacks. */
+function columnsOf(row: RowData, table: TableInfo): string[] {
+  const known = table.columns.filter((column) => column in row);
+  if (known.length === Object.keys(row).length) return known;
+  return [...known, ...Object.keys(row).filter((column) => !table.columns.includes(column))];
 }

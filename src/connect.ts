@@ -217,7 +217,9 @@ export class Tide {
         if (parsed.columns) assertColumns(described, parsed.columns, 'columns');
         if (parsed.rowId !== undefined) keyValues = rowIdValues(described, parsed.rowId);
       });
-      const snapshot = await readSnapshot(this.pool, info, keyValues);
+      const snapshot = await readSnapshot(this.pool, info, keyValues).catch((error: unknown) => {
+        throw classifyDatabaseError(error, `state$('${name}')`) ?? error;
+      });
       const keep = parsed.columns ? new Set([...info.keyColumns, ...parsed.columns]) : undefined;
       const initial = new Map<string, Row>();
       for (const [key, row] of snapshot.rows) {

@@ -1,6 +1,7 @@
 import type { Pool } from 'pg';
 import { PgTideError } from './errors.js';
 import { migrations } from './migrations.generated.js';
+import type { PoolClient } from 'pg';
 import { inTransaction, type SchemaNames } from './sql.js';
 
 /** The schema version this build of pgtide installs. */
@@ -18,6 +19,7 @@ export async function migrate(pool: Pool, schema: SchemaNames): Promise<void> {
   await inTransaction(pool, async (client) => {
     await client.query(`SET LOCAL lock_timeout = '60s'`);
     await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`pgtide:migrate:${schema.name}`]);
+    await assertOwnSchema(client, schema);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema.ident}`);
     await client.query(
       `CREATE TABLE IF NOT EXISTS ${schema.ident}.migrations (
@@ -49,6 +51,29 @@ async function installedVersion(pool: Pool, schema: SchemaNames): Promise<number
   const version = rows[0]?.version ?? 0;
   assertNotAhead(version, schema);
   return version;
+}
+
+/**
+ * pgtide revokes PUBLIC's rights on its schema and everything in it: installing into a
+ * schema that already holds other objects (say `public`) would strip the application's
+ * grants. Such a schema is refused; an existing empty one is fine.
+ */
+async function assertOwnSchema(client: PoolClient, schema: SchemaNames): Promise<void> {
+  const { rows } = await client.query<{ foreign: boolean }>(
+    `SELECT to_regclass(format('%I.migrations', n.nspname)) IS NULL
+            AND (EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = n.oid)
+                 OR EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = n.oid)
+                 OR EXISTS (SELECT FROM pg_type t WHERE t.typnamespace = n.oid)) AS foreign
+       FROM pg_namespace n WHERE n.nspname = $1`,
+    [schema.name],
+  );
+  if (rows[0]?.foreign) {
+    throw new PgTideError(
+      'INVALID_OPTIONS',
+      `schema: ${schema.ident} already holds other objects; pgtide needs a schema of its own (it revokes PUBLIC's rights there)`,
+      { schema: schema.name },
+    );
+  }
 }
 
 function assertNotAhead(version: number, schema: SchemaNames): void {

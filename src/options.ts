@@ -46,8 +46,21 @@ export interface ConnectOptions {
 }
 
 const nonEmpty = z.string().min(1, 'must not be empty');
+/** Text PostgreSQL can store: no NUL byte. */
+const storable = nonEmpty.refine((text) => !text.includes('\0'), 'must not contain a NUL byte');
+/**
+ * The SDK's schema name. PostgreSQL reserves `pg_*`, and pgtide derives trigger names
+ * from it (`<schema>_capture_truncate`, `<schema>_follow_alter`) within 63 bytes.
+ */
+const schemaName = storable
+  .refine((name) => !name.startsWith('pg_'), 'must not start with pg_ (reserved by PostgreSQL)')
+  .refine((name) => Buffer.byteLength(name) <= 40, 'must be at most 40 bytes (trigger names derive from it)');
 const isPool = (value: unknown): value is Pool =>
-  typeof value === 'object' && value !== null && 'connect' in value && 'query' in value && 'options' in value;
+  typeof value === 'object' &&
+  value !== null &&
+  typeof (value as Record<string, unknown>)['connect'] === 'function' &&
+  typeof (value as Record<string, unknown>)['query'] === 'function' &&
+  typeof (value as Record<string, unknown>)['options'] === 'object';
 const isLogger = (value: unknown): value is Logger =>
   typeof value === 'object' &&
   value !== null &&
@@ -57,7 +70,7 @@ const connectSchema = z
   .strictObject({
     connectionString: nonEmpty.optional(),
     pool: z.custom<Pool>(isPool, 'must be a pg.Pool').optional(),
-    schema: nonEmpty.max(63, 'must be at most 63 bytes').optional(),
+    schema: schemaName.optional(),
     logger: z.custom<Logger>(isLogger, 'must have debug, info, warn and error methods').optional(),
     pageSize: z.number().int().min(1).max(100_000).optional(),
     pollInterval: z.number().int().min(10).optional(),
@@ -75,20 +88,31 @@ const connectSchema = z
 const startFromSchema = z.union([
   z.literal('now'),
   z.literal('beginning'),
-  z.strictObject({ after: z.string().regex(/^[1-9][0-9]{0,18}$/, 'must be a change id') }),
+  z.strictObject({
+    after: z
+      .string()
+      .regex(/^[1-9][0-9]{0,18}$/, 'must be a change id')
+      // Compared as digits: the refinement also runs on strings the regex refused.
+      .refine((id) => id.length < 19 || (id.length === 19 && id <= '9223372036854775807'), 'must be a change id (a bigint)'),
+  }),
 ]);
+
+// Fields shared by the stream-shaped options (changes$, events$, state$, watch).
+const columnsOption = z.array(nonEmpty).min(1, 'must name at least one column').optional();
+const rowSchemaOption = z
+  .custom<z.ZodType>((value) => typeof value === 'object' && value !== null && 'parse' in value, 'must be a zod schema')
+  .optional();
+const rowIdOption = z.unknown().refine((rowId) => rowId !== null, 'must not be null').optional();
 
 const changesSchema = z
   .strictObject({
-    columns: z.array(nonEmpty).min(1, 'must name at least one column').optional(),
-    rowId: z.unknown().optional(),
+    columns: columnsOption,
+    rowId: rowIdOption,
     field: nonEmpty.optional(),
     from: startFromSchema.optional(),
-    consumer: nonEmpty.max(200).optional(),
+    consumer: storable.max(200).optional(),
     maxInFlight: z.number().int().min(1).optional(),
-    schema: z
-      .custom<z.ZodType>((value) => typeof value === 'object' && value !== null && 'parse' in value, 'must be a zod schema')
-      .optional(),
+    schema: rowSchemaOption,
   })
   .refine((options) => options.field === undefined || options.rowId !== undefined, {
     message: 'field needs rowId',
@@ -97,28 +121,11 @@ const changesSchema = z
   .refine((options) => options.maxInFlight === undefined || options.consumer !== undefined, {
     message: 'maxInFlight needs consumer (only durable consumers acknowledge)',
     path: ['maxInFlight'],
-  })
-  .refine((options) => options.rowId === undefined || options.rowId !== null, {
-    message: 'must not be null',
-    path: ['rowId'],
   });
 
-const stateSchema = z
-  .strictObject({
-    rowId: z.unknown().optional(),
-    columns: z.array(nonEmpty).min(1, 'must name at least one column').optional(),
-    schema: z
-      .custom<z.ZodType>((value) => typeof value === 'object' && value !== null && 'parse' in value, 'must be a zod schema')
-      .optional(),
-  })
-  .refine((options) => options.rowId === undefined || options.rowId !== null, {
-    message: 'must not be null',
-    path: ['rowId'],
-  });
+const stateSchema = z.strictObject({ rowId: rowIdOption, columns: columnsOption, schema: rowSchemaOption });
 
-const watchSchema = z.strictObject({
-  columns: z.array(nonEmpty).min(1, 'must name at least one column').optional(),
-});
+const watchSchema = z.strictObject({ columns: columnsOption });
 
 /** Validates with zod and turns the first problem into an `INVALID_OPTIONS` error naming the field. */
 function parseOptions<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
@@ -150,9 +157,18 @@ export function parseWatchOptions(value: unknown): WatchOptions {
 
 export function parseTableArgument(table: unknown): string {
   if (typeof table !== 'string' || table.length === 0) {
-    throw new PgTideError('INVALID_TABLE_NAME', `table must be a non-empty string, got ${JSON.stringify(table)}`, {
+    throw new PgTideError('INVALID_TABLE_NAME', `table must be a non-empty string, got ${describeValue(table)}`, {
       table,
     });
   }
   return table;
+}
+
+/** A short description of any value for a message (JSON.stringify throws on bigint). */
+function describeValue(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return typeof value === 'bigint' ? `${value}n` : Object.prototype.toString.call(value);
+  }
 }

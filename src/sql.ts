@@ -81,6 +81,13 @@ export function classifyDatabaseError(error: unknown, what: string): PgTideError
       { cause: error },
     );
   }
+  if (code === 'ERR_INVALID_URL') {
+    return new PgTideError('INVALID_OPTIONS', `${what}: connectionString is not a valid URL: ${message}`, {}, { cause: error });
+  }
+  if (code?.startsWith('22')) {
+    // A data exception: a value pgtide passed on (a rowId, a name) that PostgreSQL cannot take.
+    return new PgTideError('INVALID_OPTIONS', `${what}: PostgreSQL cannot take this value: ${message}`, { sqlState: code }, { cause: error });
+  }
   if (code === '3D000' || isTransient(error)) {
     return new PgTideError('CONNECTION_FAILED', `${what}: cannot reach the database: ${message}`, { sqlState: code }, { cause: error });
   }
