@@ -1,0 +1,133 @@
+import type { ConsumerInfo } from '../consumers.js';
+import type { Blocker } from '../types.js';
+import { columns, formatAge, formatBytes } from './format.js';
+import type { Session } from './session.js';
+
+/** What `pgtide status` reports (`--json` prints exactly this). */
+export interface Status {
+  readonly schema: string;
+  /** Installed schema version. */
+  readonly version: number;
+  readonly watched: readonly WatchedTable[];
+  readonly log: {
+    /** Rows in the log, all tables. */
+    readonly changes: number;
+    /** Size on disk of the log table with its indexes. */
+    readonly bytes: number;
+    readonly oldestWrittenAt: Date | null;
+  };
+  readonly consumers: readonly ConsumerInfo[];
+  /** Open writing transactions, oldest first: what holds delivery back. */
+  readonly blockers: readonly Blocker[];
+}
+
+export interface WatchedTable {
+  /** `schema.name`, quoted where needed. */
+  readonly table: string;
+  /** Columns whose updates are captured; null means every column. */
+  readonly columns: readonly string[] | null;
+  /** Changes of this table in the log. */
+  readonly changes: number;
+  readonly watchedAt: Date;
+}
+
+export async function readStatus(session: Session, schema: string): Promise<Status> {
+  const { pool, schemaIdent: s, tide } = session;
+  const [version, watched, log, consumers, blockers] = await Promise.all([
+    pool.query<{ version: number }>(`SELECT max(version) AS version FROM ${s}.migrations`),
+    pool.query<{ table: string; columns: string[] | null; changes: number; watched_at: Date }>(
+      `SELECT format('%I.%I', w.schema_name, w.table_name) AS table, w.columns, w.watched_at,
+              (SELECT count(*) FROM ${s}.log l WHERE l.relid = w.relid)::float8 AS changes
+         FROM ${s}.watched w
+        ORDER BY 1`,
+    ),
+    pool.query<{ changes: number; bytes: number; oldest: Date | null }>(
+      `SELECT (SELECT count(*) FROM ${s}.log)::float8 AS changes,
+              pg_total_relation_size(format('%I.log', $1::text)::regclass)::float8 AS bytes,
+              (SELECT min(written_at) FROM ${s}.log) AS oldest`,
+      [schema],
+    ),
+    tide.consumers(),
+    tide.blockers(),
+  ]);
+  return {
+    schema,
+    version: version.rows[0]!.version,
+    watched: watched.rows.map((row) => ({
+      table: row.table,
+      columns: row.columns,
+      changes: row.changes,
+      watchedAt: row.watched_at,
+    })),
+    log: { changes: log.rows[0]!.changes, bytes: log.rows[0]!.bytes, oldestWrittenAt: log.rows[0]!.oldest },
+    consumers,
+    // The CLI's own connections are not what anyone waits for.
+    blockers: blockers.filter((blocker) => blocker.applicationName !== 'pgtide-cli'),
+  };
+}
+
+/**
+ * ```
+ * pgtide schema "pgtide" at version 2 on 127.0.0.1:5432/app
+ *
+ * watched tables (1)
+ *   public.mail_users  updates of: quota_bytes  12 changes in the log
+ * log: 12 changes, 64 kB, oldest written 3.2 s ago
+ * consumers (1)
+ *   mailer  public.mail_users  at #10  lag 2 changes, 3.1 s  acknowledged 2025-01-01T10:00:00.000Z
+ * ```
+ */
+export function formatStatus(status: Status, server: string, now = new Date()): string {
+  const lines = [`pgtide schema ${JSON.stringify(status.schema)} at version ${status.version} on ${server}`, ''];
+  lines.push(`watched tables (${status.watched.length})`);
+  if (status.watched.length > 0) {
+    lines.push(
+      columns(
+        status.watched.map((table) => [
+          table.table,
+          table.columns ? `updates of: ${table.columns.join(', ')}` : 'every column',
+          `${plural(table.changes, 'change')} in the log`,
+        ]),
+      ),
+    );
+  }
+  const oldest = status.log.oldestWrittenAt;
+  lines.push(
+    `log: ${plural(status.log.changes, 'change')}, ${formatBytes(status.log.bytes)}` +
+      (oldest ? `, oldest written ${formatAge((now.getTime() - oldest.getTime()) / 1000)} ago` : ''),
+  );
+  lines.push(`consumers (${status.consumers.length})`);
+  if (status.consumers.length > 0) {
+    lines.push(
+      columns(
+        status.consumers.map((consumer) => [
+          consumer.name,
+          consumer.table ?? '(table no longer watched)',
+          consumer.acknowledgedId === null ? 'at log start' : `at #${consumer.acknowledgedId}`,
+          consumer.expiredAt
+            ? `EXPIRED ${consumer.expiredAt.toISOString()}`
+            : `lag ${plural(consumer.lagChanges, 'change')}, ${formatAge(consumer.lagSeconds)}`,
+          `acknowledged ${consumer.acknowledgedAt.toISOString()}`,
+        ]),
+      ),
+    );
+  }
+  if (status.blockers.length > 0) {
+    lines.push(`open writing transactions (${status.blockers.length}; changes wait for the oldest)`);
+    lines.push(
+      columns(
+        status.blockers.map((blocker) => [
+          `pid ${blocker.pid}`,
+          `open ${formatAge(blocker.ageSeconds)}`,
+          blocker.state ?? '',
+          (blocker.query ?? '').replace(/\s+/g, ' ').slice(0, 60),
+        ]),
+      ),
+    );
+  }
+  return lines.join('\n');
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
+}
