@@ -4,7 +4,10 @@ import { PgTideError } from '../src/errors.js';
 import type { Change, Operation } from '../src/types.js';
 
 /** A {@link Change} whose `op` is known to be one of `Op`. */
-export type ChangeOf<Row, Op extends Operation> = Change<Row> & { readonly op: Op };
+export type ChangeOf<Row, Op extends Operation> = Change<Row> & {
+  /** One of the operations `ofOperation` kept. */
+  readonly op: Op;
+};
 
 const operations: readonly Operation[] = ['insert', 'update', 'delete'];
 

@@ -4,6 +4,7 @@ import { rowKey } from './rowKey.js';
 
 /** What {@link withPrevious} emits: a change and the change before it to the same row. */
 export interface ChangeWithPrevious<Row> {
+  /** The change just received. */
   readonly change: Change<Row>;
   /** The last change to the same row seen by this subscription; `undefined` for the first. */
   readonly previous: Change<Row> | undefined;

@@ -5,6 +5,7 @@ import { inTransaction, type SchemaNames } from './sql.js';
 
 /** A durable consumer as `tide.consumers()` reports it. */
 export interface ConsumerInfo {
+  /** The consumer's name. */
   readonly name: string;
   /** The followed table, `schema.name` (null if it was dropped). */
   readonly table: string | null;
@@ -17,6 +18,7 @@ export interface ConsumerInfo {
   readonly lagChanges: number;
   /** Seconds since the oldest unacknowledged change was written, or 0. */
   readonly lagSeconds: number;
+  /** When its position was last saved. */
   readonly acknowledgedAt: Date;
   /** Set when the consumer fell more than `maxLag` changes behind and stopped holding the log. */
   readonly expiredAt: Date | null;

@@ -22,7 +22,9 @@ export interface EmbeddedOptions {
 export interface EmbeddedPostgres {
   /** `postgres://postgres:postgres@127.0.0.1:<port>/postgres` */
   readonly connectionString: string;
+  /** The TCP port it listens on, on 127.0.0.1. */
   readonly port: number;
+  /** Its data directory (inside a fresh temporary directory). */
   readonly dataDir: string;
   /** Connection string of another database on this server. */
   urlFor(database: string): string;

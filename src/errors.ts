@@ -28,6 +28,7 @@ export type PgTideErrorCode =
  * ```
  */
 export class PgTideError extends Error {
+  /** Always `PgTideError`. */
   override readonly name = 'PgTideError';
   /** Stable machine-readable code. */
   readonly code: PgTideErrorCode;
@@ -48,6 +49,7 @@ export class PgTideError extends Error {
 
 /** Raised on a row that fails the stream's zod `schema`; carries the change id. */
 export class RowValidationError extends PgTideError {
+  /** `PgTideError`, like its base class: match on `code` (`INVALID_ROW`). */
   override readonly name = 'PgTideError';
   /** Id of the change whose row failed validation. */
   readonly changeId: string;

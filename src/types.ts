@@ -44,7 +44,13 @@ export interface Change<Row = RowData> {
  * - `'beginning'`: everything still in the log.
  * - `{ after: id }`: the changes delivered after the change with this id.
  */
-export type StartFrom = 'now' | 'beginning' | { readonly after: string };
+export type StartFrom =
+  | 'now'
+  | 'beginning'
+  | {
+      /** Id of a change of this table still in the log: the stream starts after it. */
+      readonly after: string;
+    };
 
 /** Options of `tide.changes$()`. */
 export interface ChangesOptions<Row = RowData> {
@@ -92,7 +98,12 @@ export interface WatchOptions {
  * stream has delivered everything committed before it went live.
  */
 export type StreamEvent<Row = RowData> =
-  | { readonly kind: 'change'; readonly change: Change<Row> }
+  | {
+      /** A change of the table. */
+      readonly kind: 'change';
+      /** The change itself, as `changes$` would emit it. */
+      readonly change: Change<Row>;
+    }
   | {
       /**
        * The stream has replayed its backlog and now follows the live log: every
@@ -109,16 +120,23 @@ export interface Blocker {
   readonly txid: string;
   /** Seconds since its transaction started. */
   readonly ageSeconds: number;
+  /** `pg_stat_activity.state`, e.g. `idle in transaction`. */
   readonly state: string | null;
+  /** Its current or last statement. */
   readonly query: string | null;
+  /** The `application_name` it connected with. */
   readonly applicationName: string | null;
 }
 
 /** Where pgtide sends diagnostics. Compatible with `console` and most loggers. */
 export interface Logger {
+  /** Detail for debugging; pgtide's default logger drops it. */
   debug(message: string, meta?: Record<string, unknown>): void;
+  /** Lifecycle news, such as LISTEN going up or down. */
   info(message: string, meta?: Record<string, unknown>): void;
+  /** Trouble pgtide works around: a failed read being retried, a lagging consumer. */
   warn(message: string, meta?: Record<string, unknown>): void;
+  /** Trouble pgtide cannot work around by itself. */
   error(message: string, meta?: Record<string, unknown>): void;
 }
 
@@ -126,7 +144,9 @@ export interface Logger {
 export interface TideWarning {
   /** `consumer-expired`: a consumer lagged more than `maxLag` changes and no longer holds the log. */
   readonly kind: 'consumer-expired';
+  /** The consumer's name. */
   readonly consumer: string;
+  /** What happened, for people. */
   readonly message: string;
 }
 
