@@ -6,6 +6,7 @@ import { assertColumns, describeTable, type TableInfo } from './catalog.js';
 import { changeEvents, rowIdValues, type StreamContext, type TrackedStream } from './changes.js';
 import { projectRow } from './change.js';
 import { readSnapshot } from './state.js';
+import { listWatched, readLogStats, type LogStats, type WatchedTable } from './status.js';
 import {
   dropConsumer,
   expiredError,
@@ -242,17 +243,31 @@ export class Tide {
    * Installs capture for a table without subscribing (`changes$` does this lazily).
    * Watching again with other columns widens the captured set.
    *
+   * @returns the table as now watched (see {@link Tide.watched}).
    * @example
    * ```ts
    * await tide.watch('mail_users', { columns: ['quota_bytes'] });
    * ```
    * @throws PgTideError `UNKNOWN_TABLE`, `UNKNOWN_COLUMN`, `NO_PRIMARY_KEY`, `INVALID_OPTIONS`.
    */
-  async watch(table: string, options: WatchOptions = {}): Promise<void> {
+  async watch(table: string, options: WatchOptions = {}): Promise<WatchedTable> {
     this.assertOpen();
     const parsed = parseWatchOptions(options);
-    await watchTable(this.pool, this.names, parseTableArgument(table), parsed.columns);
+    const info = await watchTable(this.pool, this.names, parseTableArgument(table), parsed.columns);
     this.prepared.clear();
+    return (await listWatched(this.pool, this.names, info.relid))[0]!;
+  }
+
+  /** Every watched table: key, captured columns, changes in the log, and since when. */
+  async watched(): Promise<WatchedTable[]> {
+    this.assertOpen();
+    return listWatched(this.pool, this.names);
+  }
+
+  /** The log as a whole: schema version, changes, size on disk, oldest change. */
+  async logStats(): Promise<LogStats> {
+    this.assertOpen();
+    return readLogStats(this.pool, this.names);
   }
 
   /**

@@ -16,6 +16,7 @@ export type {
   WatchOptions,
 } from './types.js';
 export type { ConsumerInfo, PruneResult } from './consumers.js';
+export type { LogStats, WatchedTable } from './status.js';
 export { carryDelivery, markProcessed } from './delivery.js';
 export { acknowledge } from '../operators/acknowledge.js';
 export { batchChanges } from '../operators/batchChanges.js';

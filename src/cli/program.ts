@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import type { StartFrom } from '../types.js';
-import { describeTable } from '../catalog.js';
 import { CliFailure, describeError, describeServer, EXIT, UsageError } from './errors.js';
 import { columns as alignColumns, formatAge } from './format.js';
 import { databaseUrl, openSession, type GlobalOptions, type Session, type SessionOptions } from './session.js';
@@ -66,8 +65,8 @@ function buildProgram(): Command {
     .command('install')
     .description("create or upgrade pgtide's schema (log, registry, capture function) in the database")
     .action(withSession(program, { install: true }, async (session) => {
-      const { rows } = await session.pool.query<{ version: number }>(`SELECT max(version) AS version FROM ${session.schemaIdent}.migrations`);
-      say(`pgtide: schema ${JSON.stringify(session.tide.schema)} is installed at version ${rows[0]!.version} on ${session.server}`);
+      const { schemaVersion } = await session.tide.logStats();
+      say(`pgtide: schema ${JSON.stringify(session.tide.schema)} is installed at version ${schemaVersion} on ${session.server}`);
     }));
 
   program
@@ -76,14 +75,9 @@ function buildProgram(): Command {
     .argument('<table>', "'name', 'schema.name' or quoted SQL identifiers")
     .addOption(columnsOption('capture updates only when one of these columns changes'))
     .action(withSession(program, { install: true }, async (session, table: string, options: { columns?: string[] }) => {
-      await session.tide.watch(table, options.columns ? { columns: options.columns } : {});
-      const info = await describeTable(session.pool, table);
-      const { rows } = await session.pool.query<{ columns: string[] | null }>(
-        `SELECT columns FROM ${session.schemaIdent}.watched WHERE relid = $1`,
-        [info.relid],
-      );
-      const captured = rows[0]?.columns;
-      say(`pgtide: watching ${info.qualified} (${captured ? `updates of: ${captured.join(', ')}` : 'every column'})`);
+      const watched = await session.tide.watch(table, options.columns ? { columns: options.columns } : {});
+      const captured = watched.columns;
+      say(`pgtide: watching ${watched.table} (${captured ? `updates of: ${captured.join(', ')}` : 'every column'})`);
     }));
 
   program

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { resolveSchemaNames } from '../sql.js';
 import { connect, type Tide } from '../connect.js';
 import type { ConnectOptions } from '../options.js';
 import type { Logger } from '../types.js';
@@ -79,7 +80,8 @@ export async function openSession(
       tide,
       pool,
       server,
-      schemaIdent: pg.escapeIdentifier(options.schema),
+      // Quoted by the server, like every identifier pgtide sends.
+      schemaIdent: (await resolveSchemaNames(pool, options.schema)).ident,
       async close() {
         await tide.close();
         await pool.end();

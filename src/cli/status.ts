@@ -1,4 +1,5 @@
 import type { ConsumerInfo } from '../consumers.js';
+import type { WatchedTable } from '../status.js';
 import type { Blocker } from '../types.js';
 import { columns, formatAge, formatBytes } from './format.js';
 import type { Session } from './session.js';
@@ -21,45 +22,19 @@ export interface Status {
   readonly blockers: readonly Blocker[];
 }
 
-export interface WatchedTable {
-  /** `schema.name`, quoted where needed. */
-  readonly table: string;
-  /** Columns whose updates are captured; null means every column. */
-  readonly columns: readonly string[] | null;
-  /** Changes of this table in the log. */
-  readonly changes: number;
-  readonly watchedAt: Date;
-}
-
 export async function readStatus(session: Session, schema: string): Promise<Status> {
-  const { pool, schemaIdent: s, tide } = session;
-  const [version, watched, log, consumers, blockers] = await Promise.all([
-    pool.query<{ version: number }>(`SELECT max(version) AS version FROM ${s}.migrations`),
-    pool.query<{ table: string; columns: string[] | null; changes: number; watched_at: Date }>(
-      `SELECT format('%I.%I', w.schema_name, w.table_name) AS table, w.columns, w.watched_at,
-              (SELECT count(*) FROM ${s}.log l WHERE l.relid = w.relid)::float8 AS changes
-         FROM ${s}.watched w
-        ORDER BY 1`,
-    ),
-    pool.query<{ changes: number; bytes: number; oldest: Date | null }>(
-      `SELECT (SELECT count(*) FROM ${s}.log)::float8 AS changes,
-              pg_total_relation_size(format('%I.log', $1::text)::regclass)::float8 AS bytes,
-              (SELECT min(written_at) FROM ${s}.log) AS oldest`,
-      [schema],
-    ),
+  const { tide } = session;
+  const [watched, log, consumers, blockers] = await Promise.all([
+    tide.watched(),
+    tide.logStats(),
     tide.consumers(),
     tide.blockers(),
   ]);
   return {
     schema,
-    version: version.rows[0]!.version,
-    watched: watched.rows.map((row) => ({
-      table: row.table,
-      columns: row.columns,
-      changes: row.changes,
-      watchedAt: row.watched_at,
-    })),
-    log: { changes: log.rows[0]!.changes, bytes: log.rows[0]!.bytes, oldestWrittenAt: log.rows[0]!.oldest },
+    version: log.schemaVersion,
+    watched,
+    log: { changes: log.changes, bytes: log.bytes, oldestWrittenAt: log.oldestWrittenAt },
     consumers,
     // The CLI's own connections are not what anyone waits for.
     blockers: blockers.filter((blocker) => blocker.applicationName !== 'pgtide-cli'),
