@@ -220,3 +220,21 @@ describe('LISTEN is only a hint', () => {
     followed.unsubscribe();
   });
 });
+
+describe('status', () => {
+  it('reports watched tables and the log as a whole', async () => {
+    await db.pool.query(`CREATE TABLE reported (id int PRIMARY KEY, a int, b int)`);
+    const watched = await tide.watch('reported', { columns: ['b'] });
+    expect(watched).toMatchObject({ table: 'public.reported', keyColumns: ['id'], columns: ['b'], changes: 0 });
+    expect(watched.watchedAt).toBeInstanceOf(Date);
+    await db.pool.query(`INSERT INTO reported VALUES (1, 1, 1), (2, 2, 2)`);
+    const listed = (await tide.watched()).find((table) => table.table === 'public.reported');
+    expect(listed).toMatchObject({ columns: ['b'], changes: 2 });
+    expect((await tide.watch('reported')).columns).toBeNull();
+    const stats = await tide.logStats();
+    expect(stats.schemaVersion).toBe(2);
+    expect(stats.changes).toBeGreaterThanOrEqual(2);
+    expect(stats.bytes).toBeGreaterThan(0);
+    expect(stats.oldestWrittenAt).toBeInstanceOf(Date);
+  });
+});
