@@ -4,11 +4,11 @@ import type { Change, Operation, RowData } from './types.js';
 
 const operations: Record<LogRow['op'], Operation> = { i: 'insert', u: 'update', d: 'delete' };
 
-/** Builds the public change from a log row. Update rows store only the old values that changed. */
+/** Builds the public change from a log row. */
 export function toChange(row: LogRow, table: TableInfo): Change {
   const op = operations[row.op];
   const after = row.new ?? undefined;
-  const before = op === 'update' ? { ...after, ...row.old } : (row.old ?? undefined);
+  const before = row.old ?? undefined;
   const keySource = (after ?? before)!;
   const key: Record<string, unknown> = {};
   for (const column of table.keyColumns) key[column] = keySource[column];
@@ -22,7 +22,7 @@ export function toChange(row: LogRow, table: TableInfo): Change {
     new: after,
     old: before,
     changed: row.changed ?? columnsOf(keySource, table),
-    committedAt: row.written_at,
+    committedAt: new Date(row.written_ms),
   };
 }
 

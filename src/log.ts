@@ -40,7 +40,8 @@ export interface LogRow {
   readonly changed: string[] | null;
   readonly new: RowData | null;
   readonly old: RowData | null;
-  readonly written_at: Date;
+  /** `written_at` as epoch milliseconds: parsing timestamps is a tenth of replay's CPU. */
+  readonly written_ms: number;
 }
 
 export function positionOf(row: LogRow): Position {
@@ -64,6 +65,8 @@ export interface LogPage {
 export class LogReader {
   private readonly toHorizon: string;
   private readonly toBound: string;
+  private readonly toHorizonName: string;
+  private readonly toBoundName: string;
   private readonly horizonQuery: string;
   private readonly idQuery: string;
 
@@ -71,7 +74,8 @@ export class LogReader {
     private readonly pool: Pool,
     schema: SchemaNames,
   ) {
-    const columns = 'l.id, l.pos, l.txid, l.op, l.changed, l.new, l.old, l.written_at';
+    const columns =
+      'l.id, l.pos, l.txid, l.op, l.changed, l.new, l.old, (extract(epoch FROM l.written_at) * 1000)::float8 AS written_ms';
     // The horizon comes from the same snapshot as the rows: every row at or below it is
     // committed and visible to this very statement (see sql/000001.sql).
     this.toHorizon = `
@@ -81,6 +85,8 @@ export class LogReader {
         FROM snap LEFT JOIN LATERAL ${schema.ident}.read_page(
                $1, $2, $3, pg_snapshot_xmin(snap.s)::text::int8, ${MAX_ID}, $4) l ON true`;
     this.toBound = `SELECT ${columns} FROM ${schema.ident}.read_page($1, $2, $3, $4, $5, $6) l`;
+    this.toHorizonName = preparedName(this.toHorizon);
+    this.toBoundName = preparedName(this.toBound);
     this.horizonQuery = `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon`;
     this.idQuery = `SELECT pos::text, id::text FROM ${schema.ident}.log WHERE id = $1::int8 AND relid = $2`;
   }
@@ -88,7 +94,7 @@ export class LogReader {
   /** The next page after `after`, bounded by the current visibility horizon. */
   async page(relid: number, after: Position, limit: number): Promise<LogPage> {
     const { rows } = await this.pool.query<LogRow & { horizon: string; in_flight: boolean }>({
-      name: preparedName(this.toHorizon),
+      name: this.toHorizonName,
       text: this.toHorizon,
       values: [relid, after.pos.toString(), after.id.toString(), limit],
     });
@@ -103,7 +109,7 @@ export class LogReader {
   /** The next page after `after` up to and including `bound` (already known to be final). */
   async pageUpTo(relid: number, after: Position, bound: Position, limit: number): Promise<LogPage> {
     const { rows } = await this.pool.query<LogRow>({
-      name: preparedName(this.toBound),
+      name: this.toBoundName,
       text: this.toBound,
       values: [relid, after.pos.toString(), after.id.toString(), bound.pos.toString(), bound.id.toString(), limit],
     });

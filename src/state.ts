@@ -35,7 +35,7 @@ export async function readSnapshot(
     const { snapshot, filter } = snapshotRows[0]!;
     const values = rowKeyValues ? table.keyColumns.map((column) => rowKeyValues[column]) : [];
     const { rows } = await client.query<{ row: RowData }>(
-      `SELECT to_jsonb(t.*) AS row FROM ${table.qualified} t${filter ? ` WHERE ${filter}` : ''}`,
+      `SELECT row_to_json(t.*) AS row FROM ${table.qualified} t${filter ? ` WHERE ${filter}` : ''}`,
       values,
     );
     const state = new Map<string, RowData>();

@@ -72,10 +72,14 @@ describe('state$', () => {
     await Promise.all(writers);
     const expected = await tableRows();
     for (const { latest, subscription } of followers) {
-      await eventually(
-        () => JSON.stringify([...(latest.rows ?? new Map()).entries()].sort()) === JSON.stringify([...expected.entries()].sort()),
-        'state equal to the table',
-      );
+      await eventually(() => {
+        try {
+          expect(new Map(latest.rows ?? [])).toEqual(expected);
+          return true;
+        } catch {
+          return false;
+        }
+      }, 'state equal to the table');
       expect(latest.regressions).toEqual([]);
       expect(latest.emissions).toBeGreaterThan(1);
       subscription.unsubscribe();
