@@ -110,27 +110,32 @@ describe('the packed package', () => {
     expect(Object.keys(packageJson.exports).sort()).toEqual(['.', './embedded', './operators', './package.json', './testing']);
   });
 
+  /** What both module formats must report: every entry point, one delivery ledger, typed errors. */
+  const loadedEverything = {
+    exports: {
+      connect: 'function',
+      Tide: 'function',
+      PgTideError: 'function',
+      acknowledge: 'function',
+      batchChanges: 'function',
+      ofOperation: 'function',
+      createTestTide: 'function',
+      startPostgres: 'function',
+    },
+    sameAcknowledge: true,
+    built: 'insert',
+    delivered: [1, 2, 3],
+    lagAfterAcknowledge: 0,
+    unknownTable: 'UNKNOWN_TABLE',
+    embeddedWithoutBinaries: 'MODULE_NOT_FOUND',
+  };
+
   it('works through import (ESM): every entry point, one delivery ledger, typed errors', async () => {
     copyFileSync(join(FIXTURES, 'esm.mjs'), join(consumer, 'esm.mjs'));
     const { stdout } = await run(process.execPath, ['esm.mjs'], consumer, { PGTIDE_TEST_URL: db.url, PGTIDE_TEST_TABLE: 'from_esm' });
     expect(JSON.parse(stdout)).toEqual({
       format: 'esm',
-      exports: {
-        connect: 'function',
-        Tide: 'function',
-        PgTideError: 'function',
-        acknowledge: 'function',
-        batchChanges: 'function',
-        ofOperation: 'function',
-        createTestTide: 'function',
-        startPostgres: 'function',
-      },
-      sameAcknowledge: true,
-      built: 'insert',
-      delivered: [1, 2, 3],
-      lagAfterAcknowledge: 0,
-      unknownTable: 'UNKNOWN_TABLE',
-      embeddedWithoutBinaries: 'MODULE_NOT_FOUND',
+      ...loadedEverything,
     });
   }, STEP_TIMEOUT);
 
@@ -143,22 +148,7 @@ describe('the packed package', () => {
     });
     expect(JSON.parse(stdout)).toEqual({
       format: 'cjs',
-      exports: {
-        connect: 'function',
-        Tide: 'function',
-        PgTideError: 'function',
-        acknowledge: 'function',
-        batchChanges: 'function',
-        ofOperation: 'function',
-        createTestTide: 'function',
-        startPostgres: 'function',
-      },
-      sameAcknowledge: true,
-      built: 'insert',
-      delivered: [1, 2, 3],
-      lagAfterAcknowledge: 0,
-      unknownTable: 'UNKNOWN_TABLE',
-      embeddedWithoutBinaries: 'MODULE_NOT_FOUND',
+      ...loadedEverything,
       embeddedServer: true,
     });
   }, STEP_TIMEOUT);
