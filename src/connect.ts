@@ -44,6 +44,9 @@ import type {
   WatchOptions,
 } from './types.js';
 
+/** How long (ms) a table's readability and capture check serves new subscriptions. */
+const readyFor = 1000;
+
 const consoleLogger: Logger = {
   debug: () => undefined,
   info: () => undefined,
@@ -99,6 +102,8 @@ export class Tide {
   private readonly listener: Listener;
   private readonly streams = new Set<TrackedStream>();
   private readonly prepared = new Map<string, Promise<TableInfo>>();
+  /** Readability checked and capture installed, per table and columns. */
+  private readonly ready = new Map<string, { readonly at: number; readonly done: Promise<void> }>();
   private readonly pageSize: number;
   private readonly acknowledgeFlushDelay: number;
   private readonly reconnectTimeout: number;
@@ -254,7 +259,7 @@ export class Tide {
     this.assertOpen();
     const parsed = parseWatchOptions(options);
     const info = await watchTable(this.pool, this.names, parseTableArgument(table), parsed.columns);
-    this.prepared.clear();
+    this.forgetTables();
     return (await listWatched(this.pool, this.names, info.relid))[0]!;
   }
 
@@ -278,7 +283,7 @@ export class Tide {
   async unwatch(table: string): Promise<boolean> {
     this.assertOpen();
     const removed = await unwatchTable(this.pool, this.names, parseTableArgument(table));
-    this.prepared.clear();
+    this.forgetTables();
     return removed;
   }
 
@@ -381,6 +386,12 @@ export class Tide {
     if (this.ownsPool) await this.pool.end();
   }
 
+  /** Forgets what is known about tables: capture was changed through this Tide. */
+  private forgetTables(): void {
+    this.prepared.clear();
+    this.ready.clear();
+  }
+
   private assertOpen(): void {
     if (this.closed) throw new PgTideError('CLOSED', 'this Tide is closed');
   }
@@ -417,13 +428,21 @@ export class Tide {
     }
     try {
       const info = await prepared;
+      // Per subscription, and before anything is installed: its own options.
       check(info);
       if (columns) assertColumns(info, columns, 'columns');
-      await this.assertReadable(info);
-      await this.ensureWatched(info, columns);
+      // Per table and columns, shared by a burst of subscriptions (10k rowId streams need
+      // not ask 10k times), and asked again after a second: another process may unwatch.
+      let ready = this.ready.get(cacheKey);
+      if (!ready || Date.now() - ready.at > readyFor) {
+        ready = { at: Date.now(), done: this.assertReadable(info).then(() => this.ensureWatched(info, columns)) };
+        this.ready.set(cacheKey, ready);
+      }
+      await ready.done;
       return info;
     } catch (error) {
       this.prepared.delete(cacheKey);
+      this.ready.delete(cacheKey);
       throw error;
     }
   }
