@@ -53,3 +53,16 @@ function columnsOf(row: RowData, table: TableInfo): string[] {
   if (known.length === Object.keys(row).length) return known;
   return [...known, ...Object.keys(row).filter((column) => !table.columns.includes(column))];
 }
+
+/**
+ * The `columns`/`field` part of a stream's selection: drops an update that changed none
+ * of `watched`, and keeps the key columns plus `watched` in `new` and `old` (`keep`).
+ */
+export function selectColumns<C extends Change<unknown>>(change: C, watched: readonly string[], keep: ReadonlySet<string>): C | undefined {
+  if (change.op === 'update' && !change.changed.some((column) => watched.includes(column))) return undefined;
+  return {
+    ...change,
+    new: projectRow(change.new as RowData | undefined, keep),
+    old: projectRow(change.old as RowData | undefined, keep),
+  };
+}

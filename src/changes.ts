@@ -1,7 +1,7 @@
 import { Observable, type Subscriber } from 'rxjs';
 import { backoffDelay, sleep } from './backoff.js';
 import { assertColumns, type TableInfo } from './catalog.js';
-import { projectRow, rowKeyString, toChange } from './change.js';
+import { rowKeyString, selectColumns, toChange } from './change.js';
 import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import { lostConnection, type FeedMember, type Hub } from './hub.js';
@@ -345,15 +345,13 @@ function selector<Row>(
   options: ChangesOptions<Row>,
   rowKey: string | undefined,
 ): (change: Change) => Change | undefined {
-  const watched = options.field !== undefined ? [options.field] : options.columns;
-  if (options.columns) assertColumns(info, options.columns, 'columns');
+  // `columns` is checked against the table by the Tide's prepare(), for every stream kind.
   if (options.field !== undefined) assertColumns(info, [options.field], 'field');
+  const watched = options.field !== undefined ? [options.field] : options.columns;
   const keep = watched ? new Set([...info.keyColumns, ...watched]) : undefined;
   return (change) => {
     if (rowKey !== undefined && rowKeyString(info.keyColumns, change.key) !== rowKey) return undefined;
-    if (!watched || !keep) return change;
-    if (change.op === 'update' && !change.changed.some((column) => watched.includes(column))) return undefined;
-    return { ...change, new: projectRow(change.new, keep), old: projectRow(change.old, keep) };
+    return watched && keep ? selectColumns(change, watched, keep) : change;
   };
 }
 

@@ -220,7 +220,6 @@ export class Tide {
     return defer(async () => {
       let keyValues: Record<string, unknown> | undefined;
       const info = await this.prepare(name, parsed.columns, (described) => {
-        if (parsed.columns) assertColumns(described, parsed.columns, 'columns');
         if (parsed.rowId !== undefined) keyValues = rowIdValues(described, parsed.rowId);
       });
       const snapshot = await readSnapshot(this.pool, info, keyValues).catch((error: unknown) => {

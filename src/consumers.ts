@@ -1,6 +1,6 @@
 import type { Pool } from 'pg';
 import { PgTideError } from './errors.js';
-import type { Position } from './log.js';
+import { MAX_ID, type Position } from './log.js';
 import { inTransaction, type SchemaNames } from './sql.js';
 
 /** A durable consumer as `tide.consumers()` reports it. */
@@ -94,7 +94,7 @@ export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<Co
               ORDER BY l.relid DESC, l.pos DESC, l.id DESC LIMIT 1) AS acknowledged_id,
             (SELECT count(*) FROM ${schema.ident}.log l WHERE l.relid = c.relid AND (l.pos, l.id) > (c.pos, c.id))::int8::float8 AS lag_changes,
             coalesce(extract(epoch FROM now() - (
-              SELECT l.written_at FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, 9223372036854775807, 9223372036854775807, 1) l
+              SELECT l.written_at FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, ${MAX_ID}, ${MAX_ID}, 1) l
             )), 0)::float8 AS lag_seconds,
             c.acknowledged_at, c.expired_at
        FROM ${schema.ident}.consumers c LEFT JOIN ${schema.ident}.watched w ON w.relid = c.relid
@@ -135,7 +135,7 @@ export async function prune(
       `UPDATE ${schema.ident}.consumers c SET expired_at = now()
         WHERE c.expired_at IS NULL
           AND (SELECT count(*) FROM (
-                 SELECT FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, 9223372036854775807, 9223372036854775807, $1 + 1)
+                 SELECT FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, ${MAX_ID}, ${MAX_ID}, $1 + 1)
                ) behind) > $1
         RETURNING c.name`,
       [options.maxLag],

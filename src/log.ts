@@ -12,7 +12,8 @@ export interface Position {
   readonly id: bigint;
 }
 
-const MAX_ID = 9223372036854775807n;
+/** The largest log id (and position): a bound past every change. */
+export const MAX_ID = 9223372036854775807n;
 
 /** The position before every change. */
 export const BEGINNING: Position = { pos: 0n, id: 0n };

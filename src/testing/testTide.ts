@@ -1,5 +1,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import { defer, Observable, throwError, type SchedulerLike } from 'rxjs';
+import { selectColumns } from '../change.js';
 import { Ledger, recordDelivery } from '../delivery.js';
 import { PgTideError } from '../errors.js';
 import type { Position } from '../log.js';
@@ -259,13 +260,7 @@ function selector(options: ChangesOptions<unknown>): (change: Change<unknown>) =
   return (change) => {
     if (rowId !== undefined && !isRow(change.key, rowId)) return undefined;
     if (watched === undefined) return change;
-    if (change.op === 'update' && !change.changed.some((column) => watched.includes(column))) return undefined;
-    const keep = new Set([...Object.keys(change.key), ...watched]);
-    return {
-      ...change,
-      ...(change.new === undefined ? {} : { new: project(change.new, keep) }),
-      ...(change.old === undefined ? {} : { old: project(change.old, keep) }),
-    };
+    return selectColumns(change, watched, new Set([...Object.keys(change.key), ...watched]));
   };
 }
 
@@ -281,9 +276,4 @@ function isRow(key: Readonly<Record<string, unknown>>, rowId: unknown): boolean 
 function sameKeyValue(a: unknown, b: unknown): boolean {
   const scalar = (value: unknown): boolean => ['number', 'bigint', 'string'].includes(typeof value);
   return scalar(a) && scalar(b) ? String(a) === String(b) : isDeepStrictEqual(a, b);
-}
-
-function project(row: unknown, keep: ReadonlySet<string>): unknown {
-  if (typeof row !== 'object' || row === null) return row;
-  return Object.fromEntries(Object.entries(row).filter(([column]) => keep.has(column)));
 }
