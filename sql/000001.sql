@@ -1,28 +1,26 @@
 -- pgtide schema, version 1.
 -- Placeholders: :SCHEMA is the quoted schema identifier, :CHANNEL the schema name as a
--- string literal (also the NOTIFY channel). The migrator substitutes both.
+-- string literal (also the NOTIFY channel), :SCHEMA_LITERAL_IDENT the quoted identifier
+-- as a literal, :SCHEMA_KEY a short hex key of the schema name (for setting names).
 
 REVOKE ALL ON SCHEMA :SCHEMA FROM PUBLIC;
 
 -- One append-only log for every watched table.
 --
--- Delivery order is (pos, id), and a reader only takes rows with pos <= the xmin of its
--- own snapshot (the "horizon"). pos is computed by the capture trigger as
---   greatest(xmax of a fresh snapshot, own xid + 1)
--- which gives two properties:
---  1. pos > txid, so pos <= horizon implies the writer has finished; and every writer
---     still running (xid >= horizon) writes pos > horizon. So the rows at or below a
---     horizon are final and complete: a reader never skips a row that commits later.
---  2. For two successive changes A, B of the same row, B wrote after A committed, so
---     under READ COMMITTED B's (fresh) snapshot xmax >= A's pos: per-row order follows
---     commit order. Ties fall back to id, which is taken later for B. Under REPEATABLE
---     READ / SERIALIZABLE, B's snapshot may predate A's commit only when B (re)creates
---     a key A removed; capture() refuses that case with a serialization failure.
--- Ordering by txid alone would break 2 (a transaction takes its xid at its first write,
--- not at commit); ordering by id alone would break 1.
+-- A change is readable once its own transaction has committed, and not before: readers
+-- work like PgQ's. A reader remembers the snapshot it last read at (its base) and reads,
+-- at a newer snapshot, the rows whose transaction is visible there but was not visible
+-- in the base (pg_visible_in_snapshot on txid). That set, a "batch", is read in id order.
+-- Two properties make this exact:
+--  1. Nothing is skipped or read twice: every committed transaction becomes visible in
+--     exactly one step from one snapshot to the next, whatever else is still open.
+--  2. Per row, batches then ids follow commit order: a second change to a row is written
+--     after the first committed, so it is either in a later batch or, in the same batch,
+--     it took a larger id (ids come from one sequence, CACHE 1, in real time).
+-- A long transaction delays only its own changes (and pruning), never anyone else's.
 CREATE TABLE :SCHEMA.log (
   id bigint GENERATED ALWAYS AS IDENTITY,
-  pos bigint NOT NULL,
+  -- The writing transaction (top level), from pg_current_xact_id().
   txid xid8 NOT NULL,
   relid oid NOT NULL,
   op "char" NOT NULL CHECK (op IN ('i', 'u', 'd')),
@@ -34,30 +32,52 @@ CREATE TABLE :SCHEMA.log (
   -- The row before the change (update, delete).
   old json,
   written_at timestamptz NOT NULL,
-  -- The reader's order; one btree per log row is all the write path pays for.
-  PRIMARY KEY (relid, pos, id)
+  -- True on the first row of each capturing statement: it arms the commit-time wake-up
+  -- (see wake_readers). NULL elsewhere, which costs no space.
+  wake boolean,
+  -- Batches are read in id order per table.
+  PRIMARY KEY (relid, id)
 );
--- Lookups by id alone (from.after) are rare: a BRIN index costs writers next to nothing.
-CREATE INDEX log_id ON :SCHEMA.log USING brin (id);
+-- Where a batch starts: the lowest id among the transactions that became visible.
+CREATE INDEX log_txid ON :SCHEMA.log (relid, txid);
 
--- One page of one table's log in delivery order, after one position and up to another.
--- The planner settings pin the plan to an ordered walk of the primary key: right after
--- a bulk write the log has no statistics, and a bitmap scan plus sort would then read
--- the whole remaining log for every page. STABLE: it sees the calling statement's
--- snapshot, so a horizon computed there bounds exactly the rows visible here.
-CREATE FUNCTION :SCHEMA.read_page(rel oid, after_pos bigint, after_id bigint, upto_pos bigint, upto_id bigint, page_size int)
-RETURNS SETOF :SCHEMA.log
-LANGUAGE sql
-STABLE
-SET enable_bitmapscan = off
-SET enable_seqscan = off
-SET enable_sort = off
+-- Eras of transaction ids. Snapshots and txids compare only within one cluster's xid
+-- space; a dump restored into another cluster, or a server whose identity changed,
+-- starts a new one. Log ids continue across (pg_dump restores the sequence), so an era
+-- is a range of log ids: from its first_id up to the next era's.
+CREATE TABLE :SCHEMA.eras (
+  era integer PRIMARY KEY,
+  system_identifier bigint NOT NULL,
+  first_id bigint NOT NULL,
+  started_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The current era, started first if this server's identity is not the current era's.
+-- Capture runs it once per session before its first write, so no row of a new era can
+-- be written before the era exists; connect() runs it too.
+CREATE FUNCTION :SCHEMA.current_era()
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT * FROM :SCHEMA.log l
-   WHERE l.relid = rel AND (l.pos, l.id) > (after_pos, after_id) AND (l.pos, l.id) <= (upto_pos, upto_id)
-   ORDER BY l.pos, l.id
-   LIMIT page_size
+DECLARE
+  server bigint := (SELECT system_identifier FROM pg_control_system());
+  latest :SCHEMA.eras;
+BEGIN
+  SELECT * INTO latest FROM :SCHEMA.eras ORDER BY era DESC LIMIT 1;
+  IF latest.system_identifier IS DISTINCT FROM server THEN
+    PERFORM pg_advisory_xact_lock(hashtext(:CHANNEL || ':era'));
+    SELECT * INTO latest FROM :SCHEMA.eras ORDER BY era DESC LIMIT 1;
+    IF latest.system_identifier IS DISTINCT FROM server THEN
+      INSERT INTO :SCHEMA.eras (era, system_identifier, first_id)
+        SELECT coalesce(latest.era, 0) + 1, server, coalesce(max(l.id), 0) + 1 FROM :SCHEMA.log l
+        RETURNING * INTO latest;
+    END IF;
+  END IF;
+  PERFORM set_config('pgtide.era_' || :SCHEMA_KEY, latest.era::text, false);
+  RETURN latest.era;
+END
 $$;
 
 -- Watched tables: one row per table with the union of what its watchers need.
@@ -70,25 +90,138 @@ CREATE TABLE :SCHEMA.watched (
   columns text[],
   -- The update capture statement, generated from the catalog by :SCHEMA.watch().
   update_sql text NOT NULL,
-  -- Whether the statement's new rows share a key with another row version its snapshot
-  -- sees (see capture()); run only outside READ COMMITTED.
-  clash_sql text NOT NULL,
   watched_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Durable consumers: a named cursor into one table's changes.
+-- Durable consumers: a named position in one table's changes. A position is what has
+-- been delivered: in era `era`, every change whose transaction is visible in `base`,
+-- plus, while a batch is under way, the changes visible in `upto` but not in `base`
+-- with ids up to `after_id`. Earlier eras are delivered whole.
 CREATE TABLE :SCHEMA.consumers (
   name text PRIMARY KEY,
   relid oid NOT NULL,
-  -- Exclusive lower bound of what the consumer still needs, in (pos, id) order.
-  pos bigint NOT NULL,
-  id bigint NOT NULL,
+  era integer NOT NULL,
+  base pg_snapshot NOT NULL,
+  upto pg_snapshot,
+  after_id bigint,
   created_at timestamptz NOT NULL DEFAULT now(),
   acknowledged_at timestamptz NOT NULL DEFAULT now(),
   -- Set by prune when the consumer fell more than maxLag changes behind: it no longer
   -- holds the log, and resuming it fails until it is dropped.
   expired_at timestamptz
 );
+
+-- Whether a change (its era, txid and id) is covered by a position (see consumers).
+CREATE FUNCTION :SCHEMA.delivered(era integer, base pg_snapshot, upto pg_snapshot, after_id bigint,
+                                  change_era integer, txid xid8, id bigint)
+RETURNS boolean
+LANGUAGE sql
+IMMUTABLE
+AS $$
+  SELECT change_era < era
+      OR (change_era = era
+          AND (pg_catalog.pg_visible_in_snapshot(txid, base)
+               OR (upto IS NOT NULL AND id <= after_id AND pg_catalog.pg_visible_in_snapshot(txid, upto))))
+$$;
+
+-- The era of a log id.
+CREATE FUNCTION :SCHEMA.era_of(id bigint)
+RETURNS integer
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT coalesce(max(e.era), 1) FROM :SCHEMA.eras e WHERE e.first_id <= id
+$$;
+
+-- One page of one table's batch in era `era`: the rows whose transaction is visible in
+-- `upto` and not in `base`, after `after_id` (NULL: from the batch's first row), in id
+-- order. `upto` NULL means this statement's snapshot, or, once a later era has begun
+-- (`closed`), every transaction of this one. Returns the snapshot `upto` stood for, and
+-- with `check_pending`, whether a writer of this table that left the NOTIFY to another
+-- was still committing before that snapshot was taken (see wake_readers): the caller
+-- reads again soon then.
+--
+-- Where a batch starts is found through log_txid: its transactions are those in progress
+-- at `base` (pg_snapshot_xip) or started after it (txid >= xmax), so the id walk that
+-- follows starts at their lowest id, not at the start of the log.
+CREATE FUNCTION :SCHEMA.read_page(rel oid, era integer, base pg_snapshot, upto pg_snapshot, after_id bigint,
+                                  page_size integer, check_pending boolean)
+RETURNS TABLE (snapshot text, closed boolean, pending boolean, id bigint, txid xid8, op "char",
+               changed text[], new json, old json, written_ms float8)
+LANGUAGE plpgsql
+VOLATILE
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET enable_sort = off
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  writers_committing boolean := false;
+BEGIN
+  -- Before the snapshot below is taken: a writer that released this lock had committed.
+  IF check_pending THEN
+    IF pg_try_advisory_lock(hashtext(:CHANNEL || ':pending'), rel::integer) THEN
+      PERFORM pg_advisory_unlock(hashtext(:CHANNEL || ':pending'), rel::integer);
+    ELSE
+      writers_committing := true;
+    END IF;
+  END IF;
+  -- A new statement, so a new snapshot under READ COMMITTED: the one `upto` defaults to.
+  -- A row of a later era is visible only with that era's row, so the bounds read here
+  -- are exact for the rows read here.
+  RETURN QUERY
+    WITH bounds AS (
+      SELECT coalesce((SELECT e.first_id FROM :SCHEMA.eras e WHERE e.era = read_page.era), 1) AS lo,
+             (SELECT min(e.first_id) FROM :SCHEMA.eras e WHERE e.era > read_page.era) AS hi
+    ),
+    batch AS (
+      SELECT b.lo, coalesce(b.hi, 9223372036854775807) AS hi, b.hi IS NOT NULL AS closed,
+             coalesce(upto, CASE WHEN b.hi IS NOT NULL THEN '9223372036854775807:9223372036854775807:'::pg_snapshot END,
+                      pg_current_snapshot()) AS s
+        FROM bounds b
+    ),
+    start AS (
+      SELECT CASE
+        WHEN after_id IS NOT NULL THEN after_id
+        WHEN pg_snapshot_xmax(base) <= '3'::xid8 THEN batch.lo - 1
+        ELSE least(
+          (SELECT min(c.id) FROM :SCHEMA.log c
+            WHERE c.relid = rel AND c.txid >= pg_snapshot_xmax(base) AND c.id >= batch.lo AND c.id < batch.hi),
+          (SELECT min(c.id) FROM :SCHEMA.log c
+            WHERE c.relid = rel AND c.txid IN (SELECT pg_snapshot_xip(base)) AND c.id >= batch.lo AND c.id < batch.hi)
+        ) - 1
+      END AS after
+      FROM batch
+    )
+    SELECT batch.s::text, batch.closed, writers_committing, l.id, l.txid, l.op, l.changed, l.new, l.old,
+           (extract(epoch FROM l.written_at) * 1000)::float8
+      FROM batch CROSS JOIN start
+      LEFT JOIN LATERAL (
+        SELECT * FROM :SCHEMA.log p
+         WHERE p.relid = rel AND p.id > start.after AND p.id >= batch.lo AND p.id < batch.hi
+           AND NOT pg_visible_in_snapshot(p.txid, base) AND pg_visible_in_snapshot(p.txid, batch.s)
+         ORDER BY p.id
+         LIMIT page_size
+      ) l ON true;
+END
+$$;
+
+-- Which of these tables have changes, in the current era, that their base snapshot does
+-- not cover: one cheap query for every idle table of a process, not a read per table.
+CREATE FUNCTION :SCHEMA.tables_with_news(rels oid[], bases pg_snapshot[])
+RETURNS SETOF oid
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH era AS (SELECT coalesce(max(e.first_id), 1) AS lo FROM :SCHEMA.eras e)
+  SELECT r.rel FROM era, unnest(rels, bases) AS r(rel, base)
+   WHERE EXISTS (SELECT FROM :SCHEMA.log l
+                  WHERE l.relid = r.rel AND l.txid >= pg_snapshot_xmax(r.base) AND l.id >= era.lo)
+      OR EXISTS (SELECT FROM :SCHEMA.log l
+                  WHERE l.relid = r.rel AND l.txid IN (SELECT pg_snapshot_xip(r.base)) AND l.id >= era.lo)
+$$;
 
 -- The one capture function behind every watched table's triggers.
 CREATE FUNCTION :SCHEMA.capture() RETURNS trigger
@@ -98,12 +231,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
   xid xid8;
-  position bigint;
   written timestamptz;
-  registry record;
-  clash boolean;
-  strict_snapshot boolean;
-  captured bigint;
+  update_sql text;
 BEGIN
   -- A statement that changed no row must not give a read-only transaction an xid.
   IF TG_OP = 'INSERT' THEN
@@ -114,47 +243,61 @@ BEGIN
   IF NOT FOUND THEN
     RETURN NULL;
   END IF;
+  IF coalesce(current_setting('pgtide.era_' || :SCHEMA_KEY, true), '') = '' THEN
+    PERFORM :SCHEMA.current_era();
+  END IF;
   xid := pg_current_xact_id();
-  -- Under READ COMMITTED this snapshot is taken now; see the comment on the log.
-  position := greatest(pg_snapshot_xmax(pg_current_snapshot())::text::bigint, xid::text::bigint + 1);
   written := clock_timestamp();
-
-  strict_snapshot := current_setting('transaction_isolation') <> 'read committed';
-  IF TG_OP = 'UPDATE' OR (TG_OP = 'INSERT' AND strict_snapshot) THEN
-    SELECT w.update_sql, w.clash_sql INTO registry FROM :SCHEMA.watched w WHERE w.relid = TG_RELID;
-  END IF;
-  -- Under REPEATABLE READ or SERIALIZABLE the snapshot can predate the commit that
-  -- removed the previous version of a key this statement (re)creates; its position
-  -- could then sort before that change. The snapshot still sees the old version, so
-  -- the key shows up twice: refuse like a serialization failure, to be retried.
-  IF strict_snapshot AND TG_OP <> 'DELETE' THEN
-    EXECUTE registry.clash_sql INTO clash;
-    IF clash THEN
-      RAISE EXCEPTION 'pgtide: % re-creates a row key whose previous version was changed by a transaction that committed after this transaction''s snapshot', TG_TABLE_NAME
-        USING ERRCODE = 'serialization_failure', HINT = 'retry the transaction';
-    END IF;
-  END IF;
-
   IF TG_OP = 'INSERT' THEN
-    INSERT INTO :SCHEMA.log (pos, txid, relid, op, new, written_at)
-      SELECT position, xid, TG_RELID, 'i', row_to_json(n.*), written FROM new_rows n;
+    INSERT INTO :SCHEMA.log (txid, relid, op, new, written_at, wake)
+      SELECT xid, TG_RELID, 'i', row_to_json(n.*), written, CASE WHEN row_number() OVER () = 1 THEN true END
+        FROM new_rows n;
   ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO :SCHEMA.log (pos, txid, relid, op, old, written_at)
-      SELECT position, xid, TG_RELID, 'd', row_to_json(o.*), written FROM old_rows o;
+    INSERT INTO :SCHEMA.log (txid, relid, op, old, written_at, wake)
+      SELECT xid, TG_RELID, 'd', row_to_json(o.*), written, CASE WHEN row_number() OVER () = 1 THEN true END
+        FROM old_rows o;
   ELSE
-    EXECUTE registry.update_sql USING position, xid, written;
-  END IF;
-  GET DIAGNOSTICS captured = ROW_COUNT;
-  -- NOTIFY is only a wake-up, and it serialises committers on a cluster-wide lock. So
-  -- at most one open transaction per table sends it: whoever holds this transaction-
-  -- scoped lock. Readers re-read while transactions are in flight, which covers the
-  -- writers that skipped.
-  IF captured > 0 AND pg_try_advisory_xact_lock(hashtext(:CHANNEL), TG_RELID::int) THEN
-    PERFORM pg_notify(:CHANNEL, TG_RELID::text);
+    SELECT w.update_sql INTO update_sql FROM :SCHEMA.watched w WHERE w.relid = TG_RELID;
+    EXECUTE update_sql USING xid, written;
   END IF;
   RETURN NULL;
 END
 $$;
+
+-- The wake-up, run at commit (a deferred constraint trigger on the log, once per
+-- transaction and table). NOTIFY is only a hint, and it serialises committers on a
+-- cluster-wide lock, so of the transactions committing at the same moment one sends it:
+-- whoever gets this lock. The others hold the "pending" lock in shared mode until their
+-- commit is done; a reader woken by the NOTIFY sees that lock taken and reads again
+-- soon (read_page's check_pending). PREPARE TRANSACTION refuses a transaction that
+-- notified, so a transaction being prepared only takes the pending lock: it is held
+-- until COMMIT/ROLLBACK PREPARED.
+CREATE FUNCTION :SCHEMA.wake_readers() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  woken text := 'pgtide.woken_' || :SCHEMA_KEY || '_' || NEW.relid::text;
+BEGIN
+  IF current_setting(woken, true) = 'yes' THEN
+    RETURN NULL;
+  END IF;
+  PERFORM set_config(woken, 'yes', true);
+  -- current_query() is NULL at an extended-protocol Sync, which commits too.
+  IF coalesce(strpos(lower(current_query()), 'prepare transaction'), 0) = 0
+     AND pg_try_advisory_xact_lock(hashtext(:CHANNEL), NEW.relid::integer) THEN
+    PERFORM pg_notify(:CHANNEL, NEW.relid::text);
+  ELSE
+    PERFORM pg_advisory_xact_lock_shared(hashtext(:CHANNEL || ':pending'), NEW.relid::integer);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE CONSTRAINT TRIGGER wake_readers AFTER INSERT ON :SCHEMA.log
+  DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW WHEN (NEW.wake) EXECUTE FUNCTION :SCHEMA.wake_readers();
 
 -- The update capture statement for one table: a full join of the transition tables on
 -- the primary key, per-column comparisons generated from the catalog. A row whose key
@@ -195,30 +338,18 @@ BEGIN
   SELECT string_agg(format('n.%1$I = o.%1$I', k), ' AND ') INTO join_on FROM unnest(key_columns) k;
 
   RETURN format(
-    $f$INSERT INTO %1$s.log (pos, txid, relid, op, changed, new, old, written_at)
-SELECT $1, $2, %2$s::oid,
+    $f$INSERT INTO %1$s.log (txid, relid, op, changed, new, old, written_at, wake)
+SELECT $1, %2$s::oid,
   CASE WHEN o.%3$s IS NULL THEN 'i' WHEN n.%3$s IS NULL THEN 'd' ELSE 'u' END::"char",
   CASE WHEN o.%3$s IS NOT NULL AND n.%3$s IS NOT NULL THEN array_remove(ARRAY[%4$s]::text[], NULL) END,
   CASE WHEN n.%3$s IS NOT NULL THEN row_to_json(n.*) END,
   CASE WHEN o.%3$s IS NOT NULL THEN row_to_json(o.*) END,
-  $3
+  $2,
+  CASE WHEN row_number() OVER () = 1 THEN true END
 FROM old_rows o FULL JOIN new_rows n ON %5$s
 WHERE o.%3$s IS NULL OR n.%3$s IS NULL OR %6$s$f$,
     :SCHEMA_LITERAL_IDENT, rel::oid, first_key, changed_list, join_on, watched_test);
 END
-$$;
-
-CREATE FUNCTION :SCHEMA.clash_sql(rel regclass, key_columns text[])
-RETURNS text
-LANGUAGE sql
-STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-  -- A correlated count, not a join: the planner knows the key is unique and a join would
-  -- stop at the first visible version.
-  SELECT format('SELECT EXISTS (SELECT FROM new_rows n WHERE (SELECT count(*) FROM %s t WHERE %s) > 1)',
-                rel, string_agg(format('t.%1$I = n.%1$I', k), ' AND '))
-    FROM unnest(key_columns) k
 $$;
 
 -- TRUNCATE fires no row triggers: a watched table emptied by it would leave every
@@ -267,15 +398,14 @@ BEGIN
     SELECT array_agg(DISTINCT c ORDER BY c) INTO merged FROM unnest(watch_columns) c;
   END IF;
 
-  INSERT INTO :SCHEMA.watched AS w (relid, schema_name, table_name, key_columns, columns, update_sql, clash_sql)
-  SELECT rel, n.nspname, c.relname, keys, merged, :SCHEMA.update_capture_sql(rel, keys, merged),
-         :SCHEMA.clash_sql(rel, keys)
+  INSERT INTO :SCHEMA.watched AS w (relid, schema_name, table_name, key_columns, columns, update_sql)
+  SELECT rel, n.nspname, c.relname, keys, merged, :SCHEMA.update_capture_sql(rel, keys, merged)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.oid = rel
   ON CONFLICT (relid) DO UPDATE
     SET schema_name = excluded.schema_name, table_name = excluded.table_name,
         key_columns = excluded.key_columns, columns = excluded.columns,
-        update_sql = excluded.update_sql, clash_sql = excluded.clash_sql;
+        update_sql = excluded.update_sql;
 
   IF NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = trigger_prefix || 'insert') THEN
     EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %s.capture()',
@@ -350,6 +480,8 @@ BEGIN
   END IF;
 END
 $$;
+
+SELECT :SCHEMA.current_era();
 
 REVOKE ALL ON ALL TABLES IN SCHEMA :SCHEMA FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA :SCHEMA FROM PUBLIC;

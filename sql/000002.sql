@@ -18,11 +18,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
   EXECUTE format('GRANT USAGE ON SCHEMA %s TO %s', :SCHEMA_LITERAL_IDENT, grantee);
-  EXECUTE format('GRANT SELECT ON %1$s.migrations, %1$s.watched TO %2$s', :SCHEMA_LITERAL_IDENT, grantee);
+  EXECUTE format('GRANT SELECT ON %1$s.migrations, %1$s.watched, %1$s.eras TO %2$s', :SCHEMA_LITERAL_IDENT, grantee);
   EXECUTE format('GRANT SELECT, DELETE ON %s.log TO %s', :SCHEMA_LITERAL_IDENT, grantee);
   EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s.consumers TO %s', :SCHEMA_LITERAL_IDENT, grantee);
-  EXECUTE format('GRANT EXECUTE ON FUNCTION %s.read_page(oid, bigint, bigint, bigint, bigint, integer) TO %s',
-    :SCHEMA_LITERAL_IDENT, grantee);
+  EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.read_page(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean), '
+    '%1$s.tables_with_news(oid[], pg_snapshot[]), %1$s.delivered(integer, pg_snapshot, pg_snapshot, bigint, integer, xid8, bigint), '
+    '%1$s.era_of(bigint), %1$s.current_era() TO %2$s', :SCHEMA_LITERAL_IDENT, grantee);
 END
 $$;
 REVOKE ALL ON FUNCTION :SCHEMA.grant_consumer(regrole) FROM PUBLIC;

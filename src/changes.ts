@@ -1,12 +1,12 @@
 import { Observable, type Subscriber } from 'rxjs';
-import { backoffDelay, sleep } from './backoff.js';
 import { assertColumns, type TableInfo } from './catalog.js';
 import { rowKeyString, selectColumns, toChange } from './change.js';
 import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
-import { lostConnection, type FeedMember, type Hub } from './hub.js';
+import type { FeedMember, Hub } from './hub.js';
+import { readPages } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
-import { BEGINNING, comparePositions, positionOf, type LogPage, type LogReader, type Position } from './log.js';
+import { atOrAfter, isDelivered, NOTHING_VISIBLE, type LogPage, type LogReader, type Position } from './log.js';
 import type { Change, ChangesOptions, Logger, RowData, StreamEvent } from './types.js';
 
 /** What a stream needs from its Tide. */
@@ -41,8 +41,6 @@ export interface StreamContext {
 export interface ResumePoint {
   /** Start after this position instead of `from`. */
   readonly after?: Position;
-  /** Changes already reflected in that state: skipped. */
-  readonly alreadySeen?: (change: Change) => boolean;
 }
 
 /** What the Tide can do to a live stream. */
@@ -77,7 +75,9 @@ const defaultMaxInFlight = 1000;
 class ChangeStream<Row> implements FeedMember, TrackedStream {
   rowKey?: string;
   private info: TableInfo | undefined;
-  private cursor: Position = BEGINNING;
+  private cursor: Position = { era: 1, base: NOTHING_VISIBLE };
+  /** Joined a feed that is behind this stream: its rows up to here were delivered already. */
+  private deliveredUpTo: Position | undefined;
   private feed: ReturnType<Hub['feed']> | undefined;
   /** Rows the feed handed over while the gap before them was still being read. */
   private buffered: Array<[Change, Position]> | undefined;
@@ -153,7 +153,14 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
       this.buffered.push([change, position]);
       return;
     }
-    if (comparePositions(position, this.cursor) <= 0) return;
+    const seen = this.deliveredUpTo;
+    if (seen) {
+      if (position.era > seen.era || (position.era === seen.era && atOrAfter(position.base, seen.base))) {
+        this.deliveredUpTo = undefined;
+      } else if (isDelivered(seen, position.era, BigInt(change.txid), BigInt(change.id))) {
+        return;
+      }
+    }
     this.emit(change, position);
     // A slow consumer leaves the shared feed and reads at its own pace from its cursor.
     if (this.ledger && this.ledger.inFlight >= this.maxInFlight && this.feed) {
@@ -184,20 +191,17 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
     if (this.resume.after) return this.resume.after;
     const from = this.options.from ?? 'now';
     const start = async (): Promise<Position> => {
-      if (from === 'beginning') return BEGINNING;
-      if (from === 'now') return this.context.hub.existing(info.relid)?.position ?? (await this.context.reader.now());
-      const found = await this.context.reader.positionOfId(info.relid, from.after);
+      if (from === 'beginning') return { era: 1, base: NOTHING_VISIBLE };
+      if (from === 'now') {
+        const feed = this.context.hub.existing(info.relid);
+        return feed && !feed.position.upto ? feed.position : await this.context.reader.now();
+      }
+      const found = await this.context.reader.positionAfterId(info.relid, from.after);
       if (!found) {
         throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${info.qualified} is not in the log`, {
           table: info.qualified,
           after: from.after,
         });
-      }
-      // An id read outside pgtide may not be final yet: changes ordered before it can
-      // still commit. Start once the horizon has passed it.
-      for (let attempt = 1; (await this.context.reader.now()).pos < found.pos; attempt += 1) {
-        if (this.ended) return found;
-        await sleep(Math.min(100, 2 ** attempt));
       }
       return found;
     };
@@ -211,32 +215,52 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
     return Math.max(1, Math.min(this.context.pageSize, this.maxInFlight - this.ledger.inFlight));
   }
 
-  /** Reads pages up to the current horizon until one comes back short. */
+  /** Reads from the cursor until a page comes back short (or, with `upto`, to the end of that batch). */
+  private async readFrom(info: TableInfo, from: Position): Promise<boolean> {
+    const result = await readPages(from, {
+      reader: this.context.reader,
+      relid: info.relid,
+      table: info.qualified,
+      logger: this.context.logger,
+      reconnectTimeout: this.context.reconnectTimeout,
+      checkPending: false,
+      limit: () => this.pageLimit(),
+      deliver: (page) => this.deliverPage(page),
+      stopped: () => this.ended || this.context.closed(),
+    });
+    return result !== undefined;
+  }
+
   private async replay(info: TableInfo): Promise<void> {
-    for (;;) {
-      const limit = await this.pageLimit();
-      const page = await this.retrying(() => this.context.reader.page(info.relid, this.cursor, limit));
-      if (!page || !this.deliverPage(page)) return;
-      if (!page.full) return;
-    }
+    await this.readFrom(info, this.cursor);
   }
 
   /**
-   * Joins the shared feed. If the feed is ahead of us, the rows in between are read
-   * while the feed's new rows wait in a buffer; if it is behind, rows it hands over
-   * that we already delivered are dropped by position.
+   * Joins the shared feed. If the feed is ahead of us, the batch in between is read while
+   * the feed's new rows wait in a buffer; if it is behind, the rows it hands over that we
+   * delivered already are dropped.
    */
   private async join(info: TableInfo): Promise<void> {
-    const feed = this.context.hub.feed(info, this.cursor);
+    let feed = this.context.hub.feed(info, this.cursor);
+    await feed.betweenBatches();
+    if (this.ended) return;
+    // The feed may have stopped meanwhile (its last member left): take the live one.
+    feed = this.context.hub.feed(info, this.cursor);
     this.feed = feed;
     const joinAt = feed.position;
-    if (comparePositions(this.cursor, joinAt) < 0) {
+    const cursor = this.cursor;
+    if (joinAt.era > cursor.era || (joinAt.era === cursor.era && !atOrAfter(cursor.base, joinAt.base))) {
       this.buffered = [];
       feed.add(this);
-      while (comparePositions(this.cursor, joinAt) < 0) {
-        const limit = await this.pageLimit();
-        const page = await this.retrying(() => this.context.reader.pageUpTo(info.relid, this.cursor, joinAt, limit));
-        if (!page || !this.deliverPage(page)) return;
+      const gap: Position =
+        joinAt.era === cursor.era ? { era: cursor.era, base: cursor.base, upto: joinAt.base } : cursor;
+      if (!(await this.readFrom(info, gap))) return;
+      if (joinAt.era !== cursor.era) {
+        // An era began between our replay and the feed's: replay on, then join again.
+        this.buffered = undefined;
+        this.detach();
+        await this.follow(info);
+        return;
       }
       const buffered = this.buffered;
       this.buffered = undefined;
@@ -245,6 +269,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
         this.receive(change, position);
       }
     } else {
+      if (joinAt !== cursor) this.deliveredUpTo = cursor;
       feed.add(this);
     }
     if (!this.ended && !this.caughtUp) {
@@ -256,12 +281,12 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
   /** Emits a page's rows and advances the cursor; false once the stream has ended. */
   private deliverPage(page: LogPage): boolean {
     const info = this.info!;
-    for (const row of page.rows) {
+    for (let index = 0; index < page.rows.length; index += 1) {
       if (this.ended) return false;
-      this.emit(toChange(row, info), positionOf(row));
+      this.emit(toChange(page.rows[index]!, info), page.positions[index]!);
     }
     if (this.ended) return false;
-    if (comparePositions(page.next, this.cursor) > 0) {
+    if (page.next !== this.cursor) {
       this.cursor = page.next;
       this.ledger?.pass(page.next);
     }
@@ -271,7 +296,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
   private emit(change: Change, position: Position): void {
     // Update state before emitting: a subscriber may unsubscribe from inside next().
     this.cursor = position;
-    const selected = this.resume.alreadySeen?.(change) ? undefined : this.select!(change);
+    const selected = this.select!(change);
     if (!selected) {
       this.ledger?.pass(position);
       return;
@@ -285,28 +310,6 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
     }
     if (this.ledger) recordDelivery(typed, this.ledger, this.ledger.deliver(position));
     this.subscriber.next({ kind: 'change', change: typed });
-  }
-
-  /** Runs a read, retrying with backoff while the database is unreachable. */
-  private async retrying(read: () => Promise<LogPage>): Promise<LogPage | undefined> {
-    let failingSince: number | undefined;
-    for (let attempt = 1; ; attempt += 1) {
-      if (this.ended) return undefined;
-      try {
-        return await read();
-      } catch (error) {
-        if (this.context.closed() || error instanceof PgTideError) throw error;
-        failingSince ??= Date.now();
-        const giveUp = lostConnection(error, failingSince, this.context.reconnectTimeout, this.info?.qualified ?? this.table);
-        if (giveUp) throw giveUp;
-        this.context.logger.warn('pgtide: reading the change log failed; retrying', {
-          table: this.info?.qualified,
-          error: String(error),
-          attempt,
-        });
-        await sleep(backoffDelay(attempt));
-      }
-    }
   }
 }
 

@@ -6,6 +6,7 @@ import { assertColumns, describeTable, type TableInfo } from './catalog.js';
 import { changeEvents, rowIdValues, type StreamContext, type TrackedStream } from './changes.js';
 import { projectRow } from './change.js';
 import { readSnapshot } from './state.js';
+import { listBlockers } from './blockers.js';
 import { listWatched, readLogStats, type LogStats, type WatchedTable } from './status.js';
 import {
   dropConsumer,
@@ -77,6 +78,8 @@ export async function connect(options: ConnectOptions): Promise<Tide> {
   try {
     const schema = await resolveSchemaNames(pool, parsed.schema ?? 'pgtide');
     await migrate(pool, schema);
+    // A database restored into another cluster starts a new era of positions here.
+    await pool.query(`SELECT ${schema.ident}.current_era()`);
     const tide = new Tide(pool, ownsPool, schema, parsed);
     await tide.listen();
     return tide;
@@ -222,7 +225,7 @@ export class Tide {
       const info = await this.prepare(name, parsed.columns, (described) => {
         if (parsed.rowId !== undefined) keyValues = rowIdValues(described, parsed.rowId);
       });
-      const snapshot = await readSnapshot(this.pool, info, keyValues).catch((error: unknown) => {
+      const snapshot = await readSnapshot(this.pool, this.names, info, keyValues).catch((error: unknown) => {
         throw classifyDatabaseError(error, `state$('${name}')`) ?? error;
       });
       const keep = parsed.columns ? new Set([...info.keyColumns, ...parsed.columns]) : undefined;
@@ -287,33 +290,19 @@ export class Tide {
   }
 
   /**
-   * Backends with an open writing transaction, oldest first. Changes are delivered once
-   * every transaction older than them has ended, so the first of these is what holds
-   * delivery back when changes seem late.
+   * Open writing transactions and prepared transactions, oldest first. A change is
+   * delivered once its own transaction commits, so none of these delays anyone else's
+   * changes: each holds back only its own, and pruning (the log keeps what a consumer
+   * may still need, and vacuum cannot clean behind the oldest).
+   *
+   * @example
+   * ```ts
+   * for (const b of await tide.blockers()) console.log(b.kind, b.txid, b.ageSeconds, b.holdsBack);
+   * ```
    */
   async blockers(): Promise<Blocker[]> {
-    const { rows } = await this.pool.query<{
-      pid: number;
-      txid: string;
-      age: number;
-      state: string | null;
-      query: string | null;
-      application_name: string | null;
-    }>(
-      `SELECT pid, backend_xid::text AS txid, extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age,
-              state, query, application_name
-         FROM pg_stat_activity
-        WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
-        ORDER BY xact_start`,
-    );
-    return rows.map((row) => ({
-      pid: row.pid,
-      txid: row.txid,
-      ageSeconds: row.age,
-      state: row.state,
-      query: row.query,
-      applicationName: row.application_name,
-    }));
+    this.assertOpen();
+    return listBlockers(this.pool);
   }
 
   /**

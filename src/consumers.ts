@@ -1,6 +1,6 @@
 import type { Pool } from 'pg';
 import { PgTideError } from './errors.js';
-import { MAX_ID, type Position } from './log.js';
+import { parseSnapshot, type Position } from './log.js';
 import { inTransaction, type SchemaNames } from './sql.js';
 
 /** A durable consumer as `tide.consumers()` reports it. */
@@ -49,8 +49,9 @@ export async function registerConsumer(
   await inTransaction(pool, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock_shared(hashtext($1))', [pruneLock(schema)]);
     await client.query(
-      `INSERT INTO ${schema.ident}.consumers (name, relid, pos, id) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING`,
-      [name, relid, position.pos.toString(), position.id.toString()],
+      `INSERT INTO ${schema.ident}.consumers (name, relid, era, base, upto, after_id) VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (name) DO NOTHING`,
+      [name, relid, ...positionValues(position)],
     );
   });
 }
@@ -62,22 +63,49 @@ export interface StoredConsumer {
 }
 
 export async function readConsumer(pool: Pool, schema: SchemaNames, name: string): Promise<StoredConsumer | undefined> {
-  const { rows } = await pool.query<{ relid: string; pos: string; id: string; expired_at: Date | null }>(
-    `SELECT relid::int8 AS relid, pos::text, id::text, expired_at FROM ${schema.ident}.consumers WHERE name = $1`,
+  const { rows } = await pool.query<{
+    relid: string;
+    era: number;
+    base: string;
+    upto: string | null;
+    after_id: string | null;
+    expired_at: Date | null;
+  }>(
+    `SELECT relid::int8 AS relid, era, base::text, upto::text, after_id::text, expired_at
+       FROM ${schema.ident}.consumers WHERE name = $1`,
     [name],
   );
   const row = rows[0];
-  return row && { relid: Number(row.relid), position: { pos: BigInt(row.pos), id: BigInt(row.id) }, expiredAt: row.expired_at };
+  if (!row) return undefined;
+  const position: Position = {
+    era: row.era,
+    base: parseSnapshot(row.base),
+    ...(row.upto === null ? {} : { upto: parseSnapshot(row.upto), afterId: BigInt(row.after_id!) }),
+  };
+  return { relid: Number(row.relid), position, expiredAt: row.expired_at };
 }
 
-/** Moves a consumer's position forward (never back). */
+/** Saves a consumer's position (its stream saves them in delivery order). */
 export async function saveConsumerPosition(pool: Pool, schema: SchemaNames, name: string, position: Position): Promise<void> {
   await pool.query(
-    `UPDATE ${schema.ident}.consumers SET pos = $2, id = $3, acknowledged_at = now()
-      WHERE name = $1 AND (pos, id) < ($2::int8, $3::int8)`,
-    [name, position.pos.toString(), position.id.toString()],
+    `UPDATE ${schema.ident}.consumers SET era = $2, base = $3, upto = $4, after_id = $5, acknowledged_at = now()
+      WHERE name = $1`,
+    [name, ...positionValues(position)],
   );
 }
+
+function positionValues(position: Position): [number, string, string | null, string | null] {
+  return [
+    position.era,
+    position.base.text,
+    position.upto?.text ?? null,
+    position.upto && position.afterId !== undefined ? position.afterId.toString() : null,
+  ];
+}
+
+/** SQL: whether log row `l` is not yet delivered to consumer `c`. */
+const undelivered = (schema: SchemaNames) =>
+  `NOT ${schema.ident}.delivered(c.era, c.base, c.upto, coalesce(c.after_id, 0), ${schema.ident}.era_of(l.id), l.txid, l.id)`;
 
 export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<ConsumerInfo[]> {
   const { rows } = await pool.query<{
@@ -90,11 +118,10 @@ export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<Co
     expired_at: Date | null;
   }>(
     `SELECT c.name, format('%I.%I', w.schema_name, w.table_name) AS table_name,
-            (SELECT l.id::text FROM ${schema.ident}.log l WHERE l.relid = c.relid AND (l.pos, l.id) <= (c.pos, c.id)
-              ORDER BY l.relid DESC, l.pos DESC, l.id DESC LIMIT 1) AS acknowledged_id,
-            (SELECT count(*) FROM ${schema.ident}.log l WHERE l.relid = c.relid AND (l.pos, l.id) > (c.pos, c.id))::int8::float8 AS lag_changes,
+            (SELECT max(l.id)::text FROM ${schema.ident}.log l WHERE l.relid = c.relid AND NOT (${undelivered(schema)})) AS acknowledged_id,
+            (SELECT count(*) FROM ${schema.ident}.log l WHERE l.relid = c.relid AND ${undelivered(schema)})::int8::float8 AS lag_changes,
             coalesce(extract(epoch FROM now() - (
-              SELECT l.written_at FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, ${MAX_ID}, ${MAX_ID}, 1) l
+              SELECT min(l.written_at) FROM ${schema.ident}.log l WHERE l.relid = c.relid AND ${undelivered(schema)}
             )), 0)::float8 AS lag_seconds,
             c.acknowledged_at, c.expired_at
        FROM ${schema.ident}.consumers c LEFT JOIN ${schema.ident}.watched w ON w.relid = c.relid
@@ -135,16 +162,16 @@ export async function prune(
       `UPDATE ${schema.ident}.consumers c SET expired_at = now()
         WHERE c.expired_at IS NULL
           AND (SELECT count(*) FROM (
-                 SELECT FROM ${schema.ident}.read_page(c.relid, c.pos, c.id, ${MAX_ID}, ${MAX_ID}, $1 + 1)
+                 SELECT FROM ${schema.ident}.log l WHERE l.relid = c.relid AND ${undelivered(schema)} LIMIT $1 + 1
                ) behind) > $1
         RETURNING c.name`,
       [options.maxLag],
     );
     const byConsumers = await client.query(
       `DELETE FROM ${schema.ident}.log l
-        USING (SELECT DISTINCT ON (relid) relid, pos, id FROM ${schema.ident}.consumers
-                WHERE expired_at IS NULL ORDER BY relid, pos, id) lowest
-        WHERE l.relid = lowest.relid AND (l.pos, l.id) <= (lowest.pos, lowest.id)`,
+        WHERE l.relid IN (SELECT relid FROM ${schema.ident}.consumers WHERE expired_at IS NULL)
+          AND NOT EXISTS (SELECT FROM ${schema.ident}.consumers c
+                           WHERE c.relid = l.relid AND c.expired_at IS NULL AND ${undelivered(schema)})`,
     );
     const byAge = await client.query(
       `DELETE FROM ${schema.ident}.log l

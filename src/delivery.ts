@@ -1,4 +1,4 @@
-import { comparePositions, type Position } from './log.js';
+import type { Position } from './log.js';
 import type { Change, Logger } from './types.js';
 
 /**
@@ -91,7 +91,7 @@ export class Ledger {
     this.timer = undefined;
     this.saving = this.saving.then(async () => {
       const target = this.processed;
-      if (comparePositions(target, this.saved) <= 0) return;
+      if (target === this.saved) return;
       try {
         await this.save(target);
         this.saved = target;
@@ -114,8 +114,9 @@ export class Ledger {
     return this.flush();
   }
 
+  /** Positions arrive in delivery order, so each one given here is ahead of the last. */
   private advanceTo(position: Position): void {
-    if (comparePositions(position, this.processed) <= 0) return;
+    if (position === this.processed) return;
     this.processed = position;
     this.onProcessed?.(position);
     if (!this.closed) this.schedule();

@@ -1,9 +1,7 @@
 import type { TableInfo } from './catalog.js';
 import { rowKeyString, toChange } from './change.js';
-import { backoffDelay } from './backoff.js';
-import { PgTideError } from './errors.js';
-import { classifyDatabaseError, isTransient } from './sql.js';
-import { positionOf, type LogReader, type Position } from './log.js';
+import { lostConnection, readPages } from './pages.js';
+import type { LogReader, Position } from './log.js';
 import type { Change, Logger } from './types.js';
 
 /** A stream attached to a table's shared feed. */
@@ -20,23 +18,19 @@ export interface HubSettings {
   readonly logger: Logger;
   /** Rows per log query. */
   readonly pageSize: number;
-  /** How often a feed reads without a wake-up: the fallback when NOTIFY is missed or down. */
+  /** How often idle feeds look for changes without a wake-up (one query for all of them). */
   readonly pollInterval: number;
   /** How long (ms) reads may keep failing before the members are failed with `CONNECTION_LOST`. */
   readonly reconnectTimeout: number;
 }
 
-/**
- * Re-read delays while transactions are in flight (cluster-wide, so on a busy server
- * almost always): from `minBusyDelay`, doubling while nothing arrives.
- */
-const minBusyDelay = 4;
-const maxBusyDelay = 64;
+/** First re-read delay (ms) while writers that skipped NOTIFY are committing; doubles up to pollInterval. */
+const firstPendingDelay = 1;
 
 /**
  * One reader per watched table, shared by every stream of this process that has caught
- * up with the live log. It reads a page per wake-up burst and fans rows out, by row key
- * where streams follow single rows.
+ * up with the live log. It reads when woken (NOTIFY, the poll, a writer still
+ * committing) and fans rows out, by row key where streams follow single rows.
  */
 export class TableFeed {
   private readonly everyRow = new Set<FeedMember>();
@@ -44,10 +38,10 @@ export class TableFeed {
   private reading = false;
   private again = false;
   private stopped = false;
-  private timer: NodeJS.Timeout | undefined;
-  private busyDelay = minBusyDelay;
-  private failures = 0;
-  private failingSince: number | undefined;
+  private pendingTimer: NodeJS.Timeout | undefined;
+  private pendingDelay = firstPendingDelay;
+  private readonly readWaiters: Array<() => void> = [];
+  private readonly readListeners = new Set<(feed: TableFeed) => void>();
 
   constructor(
     readonly table: TableInfo,
@@ -56,9 +50,14 @@ export class TableFeed {
     private readonly onIdle: (feed: TableFeed) => void,
   ) {}
 
-  /** Everything at or before this position has been handed to the members. */
+  /** Everything up to this position has been handed to the members. */
   get position(): Position {
     return this.cursor;
+  }
+
+  /** Whether a read is under way or due (so the poll need not ask about this table). */
+  get busy(): boolean {
+    return this.reading || this.pendingTimer !== undefined;
   }
 
   get size(): number {
@@ -73,8 +72,8 @@ export class TableFeed {
       if (!members) this.byKey.set(member.rowKey, (members = new Set()));
       members.add(member);
     }
-    // A new member may have replayed up to a horizon held back by open transactions,
-    // whose NOTIFY went to nobody: look at once rather than at the next poll.
+    // The first member may have replayed up to a snapshot older than a wake-up that
+    // went to nobody: look at once rather than at the next poll.
     if (this.size === 1) this.nudge();
   }
 
@@ -89,81 +88,89 @@ export class TableFeed {
     if (this.size === 0) this.stop();
   }
 
-  /** Something may have committed: read soon. Bursts of nudges coalesce into one read. */
+  /** Resolves once the feed is between batches (a joining stream needs a whole batch behind it). */
+  async betweenBatches(): Promise<void> {
+    while (this.cursor.upto && !this.stopped) await new Promise<void>((resolve) => this.readWaiters.push(resolve));
+  }
+
+  /** Calls `listener` after every read (see `Tide.waitFor`). Returns the remover. */
+  onRead(listener: (feed: TableFeed) => void): () => void {
+    this.readListeners.add(listener);
+    return () => this.readListeners.delete(listener);
+  }
+
+  /** Something may have committed: read now. Bursts of nudges coalesce into one read. */
   nudge(): void {
     if (this.stopped) return;
     if (this.reading) {
       this.again = true;
       return;
     }
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    clearTimeout(this.pendingTimer);
+    this.pendingTimer = undefined;
     void this.read();
+  }
+
+  /** Fails every member (reads gave up) and stops. */
+  fail(error: unknown): void {
+    for (const member of [...this.everyRow, ...[...this.byKey.values()].flatMap((set) => [...set])]) member.fail(error);
+    this.stop();
   }
 
   stop(): void {
     if (this.stopped) return;
     this.stopped = true;
-    clearTimeout(this.timer);
+    clearTimeout(this.pendingTimer);
+    for (const wake of this.readWaiters.splice(0)) wake();
     this.onIdle(this);
   }
 
   private async read(): Promise<void> {
     this.reading = true;
-    let inFlight = false;
-    let delivered = false;
+    let pending = false;
     try {
       do {
         this.again = false;
-        const page = await this.settings.reader.page(this.table.relid, this.cursor, this.settings.pageSize);
-        if (this.stopped) return;
-        for (const row of page.rows) this.dispatch(toChange(row, this.table), positionOf(row));
-        this.cursor = page.next;
-        inFlight = page.inFlight;
-        delivered ||= page.rows.length > 0;
-        if (page.full) this.again = true;
+        const result = await readPages(this.cursor, {
+          reader: this.settings.reader,
+          relid: this.table.relid,
+          table: this.table.qualified,
+          logger: this.settings.logger,
+          reconnectTimeout: this.settings.reconnectTimeout,
+          checkPending: true,
+          limit: () => this.settings.pageSize,
+          stopped: () => this.stopped,
+          deliver: (page) => {
+            for (let index = 0; index < page.rows.length; index += 1) {
+              this.dispatch(toChange(page.rows[index]!, this.table), page.positions[index]!);
+            }
+            this.cursor = page.next;
+            if (!this.cursor.upto) for (const wake of this.readWaiters.splice(0)) wake();
+            return true;
+          },
+        });
+        if (!result) return;
+        pending = result.pending;
       } while (this.again && !this.stopped);
-      this.failures = 0;
-      this.failingSince = undefined;
     } catch (error) {
-      this.reading = false;
-      this.failures += 1;
-      this.failingSince ??= Date.now();
-      const giveUp = lostConnection(error, this.failingSince, this.settings.reconnectTimeout, this.table.qualified);
-      if (giveUp) {
-        for (const member of [...this.everyRow, ...[...this.byKey.values()].flatMap((set) => [...set])]) member.fail(giveUp);
-        this.stop();
-        return;
-      }
-      this.settings.logger.warn('pgtide: reading the change log failed; retrying', {
-        table: this.table.qualified,
-        error: String(error),
-        attempt: this.failures,
-      });
-      this.schedule(backoffDelay(this.failures));
+      this.fail(error);
       return;
     } finally {
       this.reading = false;
     }
-    if (inFlight) {
-      // Open transactions hold back rows, and a writer among them may have left the
-      // NOTIFY to another: look again soon, backing off while nothing arrives.
-      this.busyDelay = delivered ? minBusyDelay : Math.min(maxBusyDelay, this.busyDelay * 2);
-      this.schedule(this.busyDelay);
+    for (const listener of this.readListeners) listener(this);
+    if (pending) {
+      // A writer that left the NOTIFY to another is finishing its commit: read again in
+      // a moment, backing off while it stays (a prepared transaction can stay for long).
+      this.pendingTimer = setTimeout(() => {
+        this.pendingTimer = undefined;
+        this.nudge();
+      }, this.pendingDelay);
+      this.pendingTimer.unref();
+      this.pendingDelay = Math.min(this.settings.pollInterval, this.pendingDelay * 2);
     } else {
-      this.busyDelay = minBusyDelay;
-      this.schedule(this.settings.pollInterval);
+      this.pendingDelay = firstPendingDelay;
     }
-  }
-
-  private schedule(delay: number): void {
-    if (this.stopped) return;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.nudge();
-    }, delay);
-    this.timer.unref();
   }
 
   private dispatch(change: Change, position: Position): void {
@@ -174,11 +181,20 @@ export class TableFeed {
   }
 }
 
-/** The feeds of one Tide, by table oid. */
+/**
+ * The feeds of one Tide, by table oid, and the poll that backs up NOTIFY: one query per
+ * `pollInterval` for every idle feed together.
+ */
 export class Hub {
   private readonly feeds = new Map<number, TableFeed>();
+  private readonly pollTimer: NodeJS.Timeout;
+  private polling = false;
+  private pollFailingSince: number | undefined;
 
-  constructor(private readonly settings: HubSettings) {}
+  constructor(private readonly settings: HubSettings) {
+    this.pollTimer = setInterval(() => void this.poll(), settings.pollInterval);
+    this.pollTimer.unref();
+  }
 
   /** The table's feed, created at `start` if there is none. */
   feed(table: TableInfo, start: Position): TableFeed {
@@ -196,6 +212,11 @@ export class Hub {
     return this.feeds.get(relid);
   }
 
+  /** Every live feed. */
+  all(): IterableIterator<TableFeed> {
+    return this.feeds.values();
+  }
+
   nudge(relid: number): void {
     this.feeds.get(relid)?.nudge();
   }
@@ -205,22 +226,32 @@ export class Hub {
   }
 
   stop(): void {
+    clearInterval(this.pollTimer);
     for (const feed of [...this.feeds.values()]) feed.stop();
   }
-}
 
-/**
- * After a failed read: the error to fail streams with, or undefined to retry. Transient
- * trouble (network, server restart) is retried until `reconnectTimeout` has passed since
- * the first failure; anything else (a missing privilege, say) fails at once.
- */
-export function lostConnection(error: unknown, failingSince: number, reconnectTimeout: number, table: string): PgTideError | undefined {
-  if (!isTransient(error)) return classifyDatabaseError(error, `reading changes of ${table}`) ?? new PgTideError('CONNECTION_LOST', `reading changes of ${table} failed: ${String(error)}`, { table }, { cause: error });
-  if (Date.now() - failingSince < reconnectTimeout) return undefined;
-  return new PgTideError(
-    'CONNECTION_LOST',
-    `the database has been unreachable for ${Math.round((Date.now() - failingSince) / 1000)}s (reconnectTimeout): ${String(error)}`,
-    { table },
-    { cause: error },
-  );
+  private async poll(): Promise<void> {
+    if (this.polling) return;
+    const idle = new Map<number, Position>();
+    for (const [relid, feed] of this.feeds) if (!feed.busy) idle.set(relid, feed.position);
+    if (idle.size === 0) return;
+    this.polling = true;
+    try {
+      const news = await this.settings.reader.tablesWithNews(idle);
+      this.pollFailingSince = undefined;
+      for (const relid of news) this.feeds.get(relid)?.nudge();
+    } catch (error) {
+      // Idle feeds learn here that the database is gone: past reconnectTimeout, they fail.
+      this.pollFailingSince ??= Date.now();
+      const giveUp = lostConnection(error, this.pollFailingSince, this.settings.reconnectTimeout, 'the watched tables');
+      if (giveUp) {
+        this.pollFailingSince = undefined;
+        for (const relid of idle.keys()) this.feeds.get(relid)?.fail(giveUp);
+      } else {
+        this.settings.logger.warn('pgtide: polling the change log failed; retrying', { error: String(error) });
+      }
+    } finally {
+      this.polling = false;
+    }
+  }
 }

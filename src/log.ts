@@ -3,39 +3,58 @@ import type { Pool } from 'pg';
 import type { SchemaNames } from './sql.js';
 import type { RowData } from './types.js';
 
+/** A `pg_snapshot`: which transactions had committed when it was taken. */
+export interface Snapshot {
+  readonly xmin: bigint;
+  readonly xmax: bigint;
+  /** Transactions in progress at the snapshot (below `xmax`). */
+  readonly xip: ReadonlySet<bigint>;
+  /** The `pg_snapshot` text form, `xmin:xmax:xip,...`. */
+  readonly text: string;
+}
+
+export function parseSnapshot(text: string): Snapshot {
+  const [xmin, xmax, inProgress] = text.split(':');
+  return {
+    xmin: BigInt(xmin!),
+    xmax: BigInt(xmax!),
+    xip: new Set((inProgress ?? '').split(',').filter(Boolean).map(BigInt)),
+    text,
+  };
+}
+
+/** `pg_visible_in_snapshot`: whether a transaction had ended when the snapshot was taken. */
+export function visibleIn(snapshot: Snapshot, txid: bigint): boolean {
+  return txid < snapshot.xmin || (txid < snapshot.xmax && !snapshot.xip.has(txid));
+}
+
+/** Whether `a` was taken no earlier than `b` (both of one xid space): it sees all `b` sees. */
+export function atOrAfter(a: Snapshot, b: Snapshot): boolean {
+  if (a.xmax !== b.xmax) return a.xmax > b.xmax;
+  for (const txid of a.xip) if (!b.xip.has(txid)) return false;
+  return true;
+}
+
+/** A snapshot in which no transaction is visible: the start of an era. */
+export const NOTHING_VISIBLE = parseSnapshot('3:3:');
+/** A snapshot in which every transaction is visible: the end of a closed era. */
+export const EVERYTHING_VISIBLE = parseSnapshot('9223372036854775807:9223372036854775807:');
+
 /**
- * A place in one table's change order, (pos, id). Used as an exclusive lower bound:
- * "everything at or before here has been delivered".
+ * What a stream (or durable consumer) has been delivered. In era `era`: every change
+ * whose transaction is visible in `base`, plus, while a batch is under way, the changes
+ * visible in `upto` but not in `base` with ids up to `afterId`. Every earlier era whole.
  */
 export interface Position {
-  readonly pos: bigint;
-  readonly id: bigint;
+  readonly era: number;
+  readonly base: Snapshot;
+  readonly upto?: Snapshot;
+  readonly afterId?: bigint;
 }
 
-/** The largest log id (and position): a bound past every change. */
-export const MAX_ID = 9223372036854775807n;
-
-/** The position before every change. */
-export const BEGINNING: Position = { pos: 0n, id: 0n };
-
-/** The position after every change at or below a horizon. */
-export function atHorizon(horizon: bigint): Position {
-  return { pos: horizon, id: MAX_ID };
-}
-
-export function comparePositions(a: Position, b: Position): number {
-  if (a.pos !== b.pos) return a.pos < b.pos ? -1 : 1;
-  return a.id === b.id ? 0 : a.id < b.id ? -1 : 1;
-}
-
-export function laterPosition(a: Position, b: Position): Position {
-  return comparePositions(a, b) >= 0 ? a : b;
-}
-
-/** A log row as read from the database. */
+/** A log row as read from the database, with the era it was read in. */
 export interface LogRow {
   readonly id: string;
-  readonly pos: string;
   readonly txid: string;
   readonly op: 'i' | 'u' | 'd';
   readonly changed: string[] | null;
@@ -45,91 +64,132 @@ export interface LogRow {
   readonly written_ms: number;
 }
 
-export function positionOf(row: LogRow): Position {
-  return { pos: BigInt(row.pos), id: BigInt(row.id) };
+/** Whether the change (era, txid, id) is covered by `position`. */
+export function isDelivered(position: Position, era: number, txid: bigint, id: bigint): boolean {
+  if (era !== position.era) return era < position.era;
+  if (visibleIn(position.base, txid)) return true;
+  return position.upto !== undefined && id <= position.afterId! && visibleIn(position.upto, txid);
 }
 
 export interface LogPage {
+  /** The era the rows belong to. */
+  readonly era: number;
   readonly rows: LogRow[];
+  /** The position after each row (same length as `rows`). */
+  readonly positions: Position[];
   /** Where the reader stands after this page. */
   readonly next: Position;
-  /** Whether the page was cut by the limit (more rows may be readable right away). */
+  /** Whether more rows are readable right away (the page was cut by the limit, or an era ended). */
   readonly full: boolean;
   /**
-   * Whether transactions were in flight when the page was read: their changes are
-   * not readable yet, and a writer among them may have skipped its NOTIFY.
+   * Whether a writer of this table that left the NOTIFY to another was still committing
+   * when the page was read: its changes become readable in a moment.
    */
-  readonly inFlight: boolean;
+  readonly pending: boolean;
 }
 
-/** Reads one table's log in delivery order. One instance per Tide; queries are prepared. */
+/** Reads the log in batches (see sql/000001.sql). One instance per Tide; queries are prepared. */
 export class LogReader {
-  private readonly toHorizon: string;
-  private readonly toBound: string;
-  private readonly toHorizonName: string;
-  private readonly toBoundName: string;
-  private readonly horizonQuery: string;
+  private readonly pageQuery: string;
+  private readonly pageQueryName: string;
+  private readonly newsQuery: string;
+  private readonly nowQuery: string;
   private readonly idQuery: string;
 
   constructor(
     private readonly pool: Pool,
     schema: SchemaNames,
   ) {
-    const columns =
-      'l.id, l.pos, l.txid, l.op, l.changed, l.new, l.old, (extract(epoch FROM l.written_at) * 1000)::float8 AS written_ms';
-    // The horizon comes from the same snapshot as the rows: every row at or below it is
-    // committed and visible to this very statement (see sql/000001.sql).
-    this.toHorizon = `
-      WITH snap AS (SELECT pg_current_snapshot() AS s)
-      SELECT pg_snapshot_xmin(snap.s)::text AS horizon,
-             pg_snapshot_xmin(snap.s) <> pg_snapshot_xmax(snap.s) AS in_flight, ${columns}
-        FROM snap LEFT JOIN LATERAL ${schema.ident}.read_page(
-               $1, $2, $3, pg_snapshot_xmin(snap.s)::text::int8, ${MAX_ID}, $4) l ON true`;
-    this.toBound = `SELECT ${columns} FROM ${schema.ident}.read_page($1, $2, $3, $4, $5, $6) l`;
-    this.toHorizonName = preparedName(this.toHorizon);
-    this.toBoundName = preparedName(this.toBound);
-    this.horizonQuery = `SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS horizon`;
-    this.idQuery = `SELECT pos::text, id::text FROM ${schema.ident}.log WHERE id = $1::int8 AND relid = $2`;
+    this.pageQuery = `SELECT * FROM ${schema.ident}.read_page($1, $2, $3, $4, $5, $6, $7)`;
+    this.pageQueryName = preparedName(this.pageQuery);
+    this.newsQuery = `SELECT array(SELECT relid::int8 FROM ${schema.ident}.tables_with_news($1::oid[], $2::pg_snapshot[]) relid)::text[] AS relids,
+                             (SELECT max(era) FROM ${schema.ident}.eras) AS era`;
+    this.nowQuery = `SELECT pg_current_snapshot()::text AS snapshot, (SELECT max(era) FROM ${schema.ident}.eras) AS era`;
+    this.idQuery = `SELECT ${schema.ident}.era_of(id) AS era, pg_current_snapshot()::text AS snapshot,
+                           EXISTS (SELECT FROM ${schema.ident}.eras e WHERE e.era > ${schema.ident}.era_of(id)) AS closed
+                      FROM ${schema.ident}.log WHERE id = $1::int8 AND relid = $2`;
   }
 
-  /** The next page after `after`, bounded by the current visibility horizon. */
-  async page(relid: number, after: Position, limit: number): Promise<LogPage> {
-    const { rows } = await this.pool.query<LogRow & { horizon: string; in_flight: boolean }>({
-      name: this.toHorizonName,
-      text: this.toHorizon,
-      values: [relid, after.pos.toString(), after.id.toString(), limit],
+  /**
+   * The next page after `position`: the rest of its batch, or a new batch up to a fresh
+   * snapshot; an era that has ended is read to its end, then the next one from its start.
+   * `checkPending` asks whether writers are still committing (live reads).
+   */
+  async next(relid: number, position: Position, limit: number, checkPending = false): Promise<LogPage> {
+    const { rows } = await this.pool.query<LogRow & { snapshot: string; closed: boolean; pending: boolean }>({
+      name: this.pageQueryName,
+      text: this.pageQuery,
+      values: [
+        relid,
+        position.era,
+        position.base.text,
+        position.upto?.text ?? null,
+        position.afterId?.toString() ?? null,
+        limit,
+        checkPending,
+      ],
     });
     const first = rows[0]!;
     const found = first.id === null ? [] : (rows as LogRow[]);
+    const upto = position.upto ?? parseSnapshot(first.snapshot);
+    if (!first.closed && !position.upto && upto.xmax < position.base.xmax) {
+      // The xid counter went back (a failover to a standby that had not replayed
+      // everything): later xids would look delivered. Forget what the base claims above it.
+      return this.next(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending);
+    }
+    const { era, base } = position;
+    const positions = found.map((row): Position => ({ era, base, upto, afterId: BigInt(row.id) }));
     const full = found.length === limit;
-    const last = found[found.length - 1];
-    const next = full ? positionOf(last!) : laterPosition(after, atHorizon(BigInt(first.horizon)));
-    return { rows: found, next, full, inFlight: first.in_flight };
-  }
-
-  /** The next page after `after` up to and including `bound` (already known to be final). */
-  async pageUpTo(relid: number, after: Position, bound: Position, limit: number): Promise<LogPage> {
-    const { rows } = await this.pool.query<LogRow>({
-      name: this.toBoundName,
-      text: this.toBound,
-      values: [relid, after.pos.toString(), after.id.toString(), bound.pos.toString(), bound.id.toString(), limit],
-    });
-    const full = rows.length === limit;
-    const next = full ? positionOf(rows[rows.length - 1]!) : bound;
-    return { rows, next, full, inFlight: false };
+    let next: Position;
+    if (full) next = positions[positions.length - 1]!;
+    else if (first.closed) next = { era: era + 1, base: NOTHING_VISIBLE };
+    else next = { era, base: upto };
+    return { era, rows: found, positions, next, full: full || first.closed, pending: first.pending };
   }
 
   /** The position after everything committed so far ("now"). */
   async now(): Promise<Position> {
-    const { rows } = await this.pool.query<{ horizon: string }>(this.horizonQuery);
-    return atHorizon(BigInt(rows[0]!.horizon));
+    const { rows } = await this.pool.query<{ snapshot: string; era: number }>(this.nowQuery);
+    return { era: rows[0]!.era, base: parseSnapshot(rows[0]!.snapshot) };
   }
 
-  /** The position of the change with this id in this table, if it is still in the log. */
-  async positionOfId(relid: number, id: string): Promise<Position | undefined> {
-    const { rows } = await this.pool.query<{ pos: string; id: string }>(this.idQuery, [id, relid]);
-    return rows[0] ? { pos: BigInt(rows[0].pos), id: BigInt(rows[0].id) } : undefined;
+  /**
+   * A start right after the change with this id: every committed change of the table
+   * with a larger id, then everything committing later. Undefined if it is not in the log.
+   */
+  async positionAfterId(relid: number, id: string): Promise<Position | undefined> {
+    const { rows } = await this.pool.query<{ era: number; snapshot: string; closed: boolean }>(this.idQuery, [id, relid]);
+    const row = rows[0];
+    if (!row) return undefined;
+    return {
+      era: row.era,
+      base: NOTHING_VISIBLE,
+      upto: row.closed ? EVERYTHING_VISIBLE : parseSnapshot(row.snapshot),
+      afterId: BigInt(id),
+    };
   }
+
+  /**
+   * Of these tables, those whose position may have changes to read: one query for all.
+   * A position mid-batch or in an ended era always has.
+   */
+  async tablesWithNews(positions: ReadonlyMap<number, Position>): Promise<Set<number>> {
+    const settled = [...positions].filter(([, position]) => !position.upto);
+    const { rows } = await this.pool.query<{ relids: string[]; era: number }>(this.newsQuery, [
+      settled.map(([relid]) => relid),
+      settled.map(([, position]) => position.base.text),
+    ]);
+    const news = new Set(rows[0]!.relids.map(Number));
+    for (const [relid, position] of positions) if (position.upto || position.era !== rows[0]!.era) news.add(relid);
+    return news;
+  }
+}
+
+/** The snapshot that sees what `snapshot` sees below `xmax`, and nothing above. */
+function clampSnapshot(snapshot: Snapshot, xmax: bigint): Snapshot {
+  const xmin = snapshot.xmin < xmax ? snapshot.xmin : xmax;
+  const xip = [...snapshot.xip].filter((txid) => txid < xmax).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  return parseSnapshot(`${xmin}:${xmax}:${xip.join(',')}`);
 }
 
 /** A prepared-statement name unique to the statement text (pg prepares per connection). */

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Pool } from 'pg';
 import { PgTideError } from './errors.js';
 import { migrations } from './migrations.generated.js';
@@ -90,7 +91,8 @@ function substitute(sql: string, schema: SchemaNames): string {
   const values: Record<string, string> = {
     ':SCHEMA_LITERAL_IDENT': schema.identLiteral,
     ':SCHEMA': schema.ident,
+    ':SCHEMA_KEY': `'${createHash('sha1').update(schema.name).digest('hex').slice(0, 16)}'`,
     ':CHANNEL': schema.literal,
   };
-  return sql.replace(/:SCHEMA_LITERAL_IDENT|:SCHEMA|:CHANNEL/g, (token) => values[token]!);
+  return sql.replace(/:SCHEMA_LITERAL_IDENT|:SCHEMA_KEY|:SCHEMA|:CHANNEL/g, (token) => values[token]!);
 }

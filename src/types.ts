@@ -112,20 +112,31 @@ export type StreamEvent<Row = RowData> =
       readonly kind: 'caught-up';
     };
 
-/** A backend whose open transaction holds back delivery (see `tide.blockers()`). */
+/** An open or prepared transaction, as `tide.blockers()` reports it. */
 export interface Blocker {
-  /** Backend process id (`pg_stat_activity.pid`). */
-  readonly pid: number;
+  /** `open`: a backend's transaction in progress; `prepared`: a prepared (two-phase) transaction. */
+  readonly kind: 'open' | 'prepared';
+  /** Backend process id (`pg_stat_activity.pid`); null for a prepared transaction. */
+  readonly pid: number | null;
   /** Its transaction id. */
   readonly txid: string;
-  /** Seconds since its transaction started. */
+  /** The global transaction id given to PREPARE TRANSACTION; null for an open one. */
+  readonly gid: string | null;
+  /** The database it runs in (prepared transactions of other databases are listed too). */
+  readonly database: string | null;
+  /** Seconds since it started (open) or was prepared. */
   readonly ageSeconds: number;
-  /** `pg_stat_activity.state`, e.g. `idle in transaction`. */
+  /** `pg_stat_activity.state`, e.g. `idle in transaction`; null for a prepared transaction. */
   readonly state: string | null;
   /** Its current or last statement. */
   readonly query: string | null;
   /** The `application_name` it connected with. */
   readonly applicationName: string | null;
+  /**
+   * What it holds back: its own changes (delivered when it commits, dropped if it rolls
+   * back) and pruning; never other transactions' changes.
+   */
+  readonly holdsBack: string;
 }
 
 /** Where pgtide sends diagnostics. Compatible with `console` and most loggers. */

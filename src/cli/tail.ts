@@ -163,9 +163,7 @@ async function backlogSize(session: Session, table: string, options: TailOptions
     return rows[0]!.count;
   }
   const { rows } = await pool.query<{ count: number }>(
-    `SELECT count(*)::float8 AS count
-       FROM ${s}.log l, (SELECT pos, id FROM ${s}.log WHERE id = $2) after
-      WHERE l.relid = $1 AND (l.pos, l.id) > (after.pos, after.id)`,
+    `SELECT count(*)::float8 AS count FROM ${s}.log l WHERE l.relid = $1 AND l.id > $2::int8`,
     [relid, options.from.after],
   );
   return rows[0]!.count;

@@ -3,7 +3,7 @@ import { defer, Observable, throwError, type SchedulerLike } from 'rxjs';
 import { selectColumns } from '../change.js';
 import { Ledger, recordDelivery } from '../delivery.js';
 import { PgTideError } from '../errors.js';
-import type { Position } from '../log.js';
+import { NOTHING_VISIBLE, type Position } from '../log.js';
 import type { Change, ChangesOptions, RowData } from '../types.js';
 import { splitTable } from './builders.js';
 
@@ -191,21 +191,21 @@ class FakeTide implements TestTide {
   ): Observable<Change<unknown>> {
     let state = this.consumers.get(consumer);
     if (!state) {
-      state = { position: { pos: 0n, id: 0n }, sequence: 0n, ids: new Map(), moves: [] };
+      state = { position: sequencePosition(0n), sequence: 0n, ids: new Map(), moves: [] };
       this.consumers.set(consumer, state);
     }
     const consumerState = state;
     return new Observable<Change<unknown>>((subscriber) => {
       const ledger = new Ledger(consumerState.position, () => Promise.resolve(), 0, quiet, (position) => {
         consumerState.position = position;
-        consumerState.moves.push({ id: consumerState.ids.get(position.pos)!, frame: this.now() });
+        consumerState.moves.push({ id: consumerState.ids.get(position.afterId!)!, frame: this.now() });
       });
       const upstream = source.subscribe({
         next: (change) => {
           consumerState.sequence += 1n;
           // Positions follow delivery order, whatever the ids look like.
-          const position: Position = { pos: consumerState.sequence, id: 0n };
-          consumerState.ids.set(position.pos, change.id);
+          const position = sequencePosition(consumerState.sequence);
+          consumerState.ids.set(consumerState.sequence, change.id);
           const selected = select(change);
           if (selected === undefined) {
             ledger.pass(position);
@@ -276,4 +276,9 @@ function isRow(key: Readonly<Record<string, unknown>>, rowId: unknown): boolean 
 function sameKeyValue(a: unknown, b: unknown): boolean {
   const scalar = (value: unknown): boolean => ['number', 'bigint', 'string'].includes(typeof value);
   return scalar(a) && scalar(b) ? String(a) === String(b) : isDeepStrictEqual(a, b);
+}
+
+/** A stand-in position numbered in delivery order: the fake has no snapshots. */
+function sequencePosition(sequence: bigint): Position {
+  return { era: 1, base: NOTHING_VISIBLE, upto: NOTHING_VISIBLE, afterId: sequence };
 }

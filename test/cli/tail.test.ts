@@ -108,7 +108,7 @@ describe('pgtide tail', () => {
     expect(first.code).toBe(0);
     const firstIds = first.stdout.trim().split('\n').map((line) => (JSON.parse(line) as { id: string }).id);
     const { rows } = await db.pool.query<{ id: string }>(
-      `SELECT l.id::text FROM pgtide.log l WHERE l.relid = 'mail_users'::regclass ORDER BY l.pos, l.id`,
+      `SELECT l.id::text FROM pgtide.log l WHERE l.relid = 'mail_users'::regclass ORDER BY l.id`,
     );
     expect(firstIds).toEqual(rows.slice(0, 3).map((row) => row.id));
 

@@ -98,7 +98,7 @@ describe('replay then live', () => {
 });
 
 describe('visibility', () => {
-  it('delivers a change from a transaction that took its position first but committed last', async () => {
+  it('delivers each change when its own transaction commits: an older open transaction delays only itself', async () => {
     const followed = follow(tide, 'counters');
     await followed.ready;
     const slow = new pg.Client({ connectionString: db.url });
@@ -107,15 +107,11 @@ describe('visibility', () => {
       await slow.query('BEGIN');
       await slow.query(`INSERT INTO counters VALUES (1, 1)`); // logged first, commits last
       for (let id = 2; id <= 20; id += 1) await db.pool.query(`INSERT INTO counters VALUES ($1, 1)`, [id]);
-      // The later commits wait behind the open transaction: delivering them now would
-      // move the reader past the open transaction's change.
-      await new Promise((resolve) => setTimeout(resolve, 150));
-      expect(followed.changes).toHaveLength(0);
+      await eventually(() => followed.changes.length === 19, 'the nineteen later commits, while the first is open');
+      expect(followed.changes.map((change) => change.key['id'])).toEqual(Array.from({ length: 19 }, (_, index) => index + 2));
       await slow.query('COMMIT');
-      await eventually(() => followed.changes.length === 20, 'all twenty');
-      expect(followed.changes.map((change) => change.key['id']).sort((a, b) => Number(a) - Number(b))).toEqual(
-        Array.from({ length: 20 }, (_, index) => index + 1),
-      );
+      await eventually(() => followed.changes.length === 20, 'the open one, once committed');
+      expect(followed.changes[19]!.key['id']).toBe(1);
     } finally {
       await slow.end();
     }
@@ -173,20 +169,37 @@ describe('visibility', () => {
 
 describe('stricter isolation levels', () => {
   for (const level of ['REPEATABLE READ', 'SERIALIZABLE']) {
-    it(`refuses, as a serialization failure, a ${level} insert that re-creates a key deleted after its snapshot`, async () => {
-      await db.pool.query(`INSERT INTO counters VALUES (900, 0)`);
+    it(`delivers a ${level} insert that re-creates a key deleted after its snapshot after the delete: state$ ends equal to the table`, async () => {
+      const key = level === 'SERIALIZABLE' ? 901 : 900;
+      const row = follow(tide, 'counters', { rowId: key });
+      await row.ready;
+      const states: Array<ReadonlyMap<string, Record<string, unknown>>> = [];
+      const subscription = tide.state$('counters', { rowId: key }).subscribe((state) => states.push(state));
+      await eventually(() => states.length > 0, 'the first state');
       const late = new pg.Client({ connectionString: db.url });
       await late.connect();
       try {
+        // B takes an xid and a snapshot, A inserts the key, C deletes it, B re-creates it.
         await late.query(`BEGIN ISOLATION LEVEL ${level}`);
-        await late.query(`INSERT INTO quiet VALUES (901, 'fixes snapshot and xid')`);
-        await db.pool.query(`DELETE FROM counters WHERE id = 900`);
-        await expect(late.query(`INSERT INTO counters VALUES (900, 1)`)).rejects.toMatchObject({ code: '40001' });
-        await late.query('ROLLBACK');
+        await late.query(`INSERT INTO quiet VALUES ($1, 'fixes snapshot and xid')`, [key]);
+        await db.pool.query(`INSERT INTO counters VALUES ($1, 0)`, [key]);
+        await db.pool.query(`DELETE FROM counters WHERE id = $1`, [key]);
+        await late.query(`INSERT INTO counters VALUES ($1, 1)`, [key]);
+        await late.query('COMMIT');
       } finally {
         await late.end();
       }
-      await db.pool.query(`DELETE FROM quiet WHERE id = 901`);
+      await eventually(() => row.changes.length === 3, 'insert, delete, insert');
+      expect(row.changes.map((change) => [change.op, change.new?.['value'] ?? null])).toEqual([
+        ['insert', 0],
+        ['delete', null],
+        ['insert', 1],
+      ]);
+      await eventually(() => states.at(-1)?.size === 1, 'the re-created row in state$');
+      expect([...states.at(-1)!.values()]).toEqual([{ id: key, value: 1 }]);
+      subscription.unsubscribe();
+      row.unsubscribe();
+      await db.pool.query(`DELETE FROM quiet WHERE id = $1`, [key]);
     });
   }
 
@@ -218,7 +231,7 @@ describe('stricter isolation levels', () => {
 });
 
 describe('what holds delivery back', () => {
-  it('names the backend whose open transaction holds the horizon', async () => {
+  it('lists open transactions, saying they hold back only their own changes and pruning', async () => {
     const holder = new pg.Client({ connectionString: db.url, application_name: 'long-report' });
     await holder.connect();
     try {
@@ -226,7 +239,8 @@ describe('what holds delivery back', () => {
       await holder.query(`INSERT INTO quiet VALUES (700, 'open')`);
       const pid = (await holder.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
       const blockers = await tide.blockers();
-      expect(blockers[0]).toMatchObject({ pid, applicationName: 'long-report', state: 'idle in transaction' });
+      expect(blockers[0]).toMatchObject({ kind: 'open', pid, applicationName: 'long-report', state: 'idle in transaction' });
+      expect(blockers[0]!.holdsBack).toContain('its own changes');
       expect(blockers[0]!.ageSeconds).toBeGreaterThanOrEqual(0);
       expect(blockers[0]!.txid).toMatch(/^\d+$/);
       await holder.query('ROLLBACK');

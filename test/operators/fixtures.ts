@@ -3,6 +3,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { expect } from 'vitest';
 import { Ledger, recordDelivery } from '../../src/delivery.js';
 import type { Change } from '../../src/types.js';
+import { NOTHING_VISIBLE, type Position } from '../../src/log.js';
 
 /** The row type of the fixture table `public.users` (a type alias, so it is a `Record`). */
 export type User = {
@@ -110,14 +111,15 @@ export interface Consumer {
 const noop = (): void => undefined;
 const quiet = { debug: noop, info: noop, warn: noop, error: noop };
 
-/** A consumer starting before every change; its position is `{ pos: 0n, id: <change id> }`. */
+/** A consumer starting before every change; its positions carry the change id as `afterId`. */
 export function consumer(scheduler: SchedulerLike): Consumer {
   const moves: Move[] = [];
-  const ledger = new Ledger({ pos: 0n, id: 0n }, () => Promise.resolve(), 0, quiet, (position) =>
-    moves.push({ id: position.id.toString(), frame: scheduler.now() }),
+  const at = (id: bigint): Position => ({ era: 1, base: NOTHING_VISIBLE, upto: NOTHING_VISIBLE, afterId: id });
+  const ledger = new Ledger(at(0n), () => Promise.resolve(), 0, quiet, (position) =>
+    moves.push({ id: position.afterId!.toString(), frame: scheduler.now() }),
   );
   const deliver = <C extends Change<unknown>>(change: C): C => {
-    recordDelivery(change, ledger, ledger.deliver({ pos: 0n, id: BigInt(change.id) }));
+    recordDelivery(change, ledger, ledger.deliver(at(BigInt(change.id))));
     return change;
   };
   return { ledger, moves, deliver, delivered: <C extends Change<unknown>>() => tap<C>(deliver) };

@@ -149,7 +149,7 @@ async function installed(): Promise<{ triggers: string[]; watched: string[]; con
 async function triggersOn(schema: string, table: string): Promise<number> {
   const { rows } = await db.pool.query(
     `SELECT count(*)::int AS n FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal`,
+      WHERE n.nspname = $1 AND c.relname = $2 AND NOT t.tgisinternal AND t.tgname LIKE '%\\_capture\\_%'`,
     [schema, table],
   );
   return rows[0].n as number;
