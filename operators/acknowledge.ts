@@ -1,10 +1,10 @@
 import { Observable, type MonoTypeOperatorFunction } from 'rxjs';
 import { markProcessed } from '../src/delivery.js';
-import type { Change } from '../src/types.js';
+import type { Change, Transaction } from '../src/types.js';
 
 /**
- * Acknowledges each change (or batch of changes) that reaches it, for the durable
- * consumer that delivered it, and passes it on.
+ * Acknowledges each change (or batch of changes, or transaction from `transactions$`)
+ * that reaches it, for the durable consumer that delivered it, and passes it on.
  *
  * Intuition: put it last; what gets here is done, and the consumer's position moves to
  * the end of the longest run of done changes, in delivery order.
@@ -36,13 +36,13 @@ import type { Change } from '../src/types.js';
  * @returns an operator that acknowledges and re-emits each value.
  * @see markProcessed
  */
-export function acknowledge<T extends Change<unknown> | readonly Change<unknown>[]>(): MonoTypeOperatorFunction<T> {
+export function acknowledge<T extends Change<unknown> | readonly Change<unknown>[] | Transaction<unknown>>(): MonoTypeOperatorFunction<T> {
   return (source) =>
     new Observable<T>((subscriber) =>
       source.subscribe({
         next: (value) => {
           if (isBatch(value)) for (const change of value) markProcessed(change);
-          else markProcessed(value as Change<unknown>);
+          else markProcessed(value as Change<unknown> | Transaction<unknown>);
           subscriber.next(value);
         },
         error: (error: unknown) => subscriber.error(error),
@@ -51,6 +51,6 @@ export function acknowledge<T extends Change<unknown> | readonly Change<unknown>
     );
 }
 
-function isBatch(value: Change<unknown> | readonly Change<unknown>[]): value is readonly Change<unknown>[] {
+function isBatch(value: Change<unknown> | readonly Change<unknown>[] | Transaction<unknown>): value is readonly Change<unknown>[] {
   return Array.isArray(value);
 }

@@ -93,13 +93,14 @@ CREATE TABLE :SCHEMA.watched (
   watched_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Durable consumers: a named position in one table's changes. A position is what has
+-- Durable consumers: a named position in the changes of one table (changes$) or of
+-- several (transactions$). A position is what has
 -- been delivered: in era `era`, every change whose transaction is visible in `base`,
 -- plus, while a batch is under way, the changes visible in `upto` but not in `base`
 -- with ids up to `after_id`. Earlier eras are delivered whole.
 CREATE TABLE :SCHEMA.consumers (
   name text PRIMARY KEY,
-  relid oid NOT NULL,
+  relids oid[] NOT NULL,
   era integer NOT NULL,
   base pg_snapshot NOT NULL,
   upto pg_snapshot,

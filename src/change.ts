@@ -1,5 +1,6 @@
 import type { TableInfo } from './catalog.js';
 import type { LogRow } from './log.js';
+import type { ZodType } from 'zod';
 import type { Change, Operation, RowData } from './types.js';
 
 const operations: Record<LogRow['op'], Operation> = { i: 'insert', u: 'update', d: 'delete' };
@@ -64,5 +65,15 @@ export function selectColumns<C extends Change<unknown>>(change: C, watched: rea
     ...change,
     new: projectRow(change.new as RowData | undefined, keep),
     old: projectRow(change.old as RowData | undefined, keep),
+  };
+}
+
+/** The change with `new`/`old` parsed by a row schema (as given), or as it is without one. */
+export function withRowSchema<Row>(change: Change, schema: ZodType<Row> | undefined): Change<Row> {
+  if (!schema) return change as Change<Row>;
+  return {
+    ...change,
+    new: change.new === undefined ? undefined : schema.parse(change.new),
+    old: change.old === undefined ? undefined : schema.parse(change.old),
   };
 }

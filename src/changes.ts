@@ -1,6 +1,6 @@
 import { Observable, type Subscriber } from 'rxjs';
 import { assertColumns, type TableInfo } from './catalog.js';
-import { rowKeyString, selectColumns, toChange } from './change.js';
+import { rowKeyString, selectColumns, toChange, withRowSchema } from './change.js';
 import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import type { FeedMember, Hub } from './hub.js';
@@ -21,7 +21,7 @@ export interface StreamContext {
    */
   prepare(table: string, columns: readonly string[] | undefined, check: (info: TableInfo) => void): Promise<TableInfo>;
   /** The consumer's cursor, registering it at `start` on first use. */
-  consumerPosition(name: string, table: TableInfo, start: () => Promise<Position>): Promise<Position>;
+  consumerPosition(name: string, tables: readonly TableInfo[], start: () => Promise<Position>): Promise<Position>;
   /** Writes a consumer's processed position. */
   saveConsumerPosition(name: string, position: Position): Promise<void>;
   /** Milliseconds a consumer's processed position may wait before it is written. */
@@ -205,7 +205,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
       }
       return found;
     };
-    return this.options.consumer === undefined ? start() : this.context.consumerPosition(this.options.consumer, info, start);
+    return this.options.consumer === undefined ? start() : this.context.consumerPosition(this.options.consumer, [info], start);
   }
 
   /** Room for the next page: all of it, or what the consumer's in-flight window allows. */
@@ -303,7 +303,7 @@ class ChangeStream<Row> implements FeedMember, TrackedStream {
     }
     let typed: Change<Row>;
     try {
-      typed = validate(selected, this.options);
+      typed = withRowSchema(selected, this.options.schema);
     } catch (error) {
       this.fail(new RowValidationError(change.id, this.info!.qualified, error));
       return;
@@ -357,14 +357,3 @@ function selector<Row>(
     return watched && keep ? selectColumns(change, watched, keep) : change;
   };
 }
-
-function validate<Row>(change: Change, options: ChangesOptions<Row>): Change<Row> {
-  const schema = options.schema;
-  if (!schema) return change as Change<Row>;
-  return {
-    ...change,
-    new: change.new === undefined ? undefined : schema.parse(change.new),
-    old: change.old === undefined ? undefined : schema.parse(change.old),
-  };
-}
-

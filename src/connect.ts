@@ -6,6 +6,8 @@ import { assertColumns, describeTable, type TableInfo } from './catalog.js';
 import { changeEvents, rowIdValues, type StreamContext, type TrackedStream } from './changes.js';
 import { projectRow } from './change.js';
 import { readSnapshot } from './state.js';
+import { transactionEvents } from './transactions.js';
+import { waitForTransaction } from './waitFor.js';
 import { listBlockers } from './blockers.js';
 import { listWatched, readLogStats, type LogStats, type WatchedTable } from './status.js';
 import {
@@ -29,6 +31,9 @@ import {
   parseConnectOptions,
   parseStateOptions,
   parseTableArgument,
+  parseTableList,
+  parseTransactionsOptions,
+  parseWaitFor,
   parseWatchOptions,
   type ConnectOptions,
 } from './options.js';
@@ -42,6 +47,9 @@ import type {
   StateOptions,
   StreamEvent,
   TideWarning,
+  Transaction,
+  TransactionsOptions,
+  WaitForOptions,
   WatchOptions,
 } from './types.js';
 
@@ -112,6 +120,7 @@ export class Tide {
   private readonly reconnectTimeout: number;
   private readonly retentionSeconds: number;
   private readonly maxLag: number;
+  private readonly pollInterval: number;
   private readonly pruneTimer: NodeJS.Timeout | undefined;
   private readonly warnings = new Subject<TideWarning>();
   private closed = false;
@@ -138,6 +147,7 @@ export class Tide {
     this.reconnectTimeout = options.reconnectTimeout ?? 60_000;
     this.retentionSeconds = (options.retention ?? 24 * 3600_000) / 1000;
     this.maxLag = options.maxLag ?? 10_000_000;
+    this.pollInterval = options.pollInterval ?? 1000;
     const pruneInterval = options.pruneInterval ?? 60_000;
     if (pruneInterval > 0) {
       this.pruneTimer = setInterval(() => {
@@ -150,7 +160,7 @@ export class Tide {
       reader: this.reader,
       logger: this.logger,
       pageSize: this.pageSize,
-      pollInterval: options.pollInterval ?? 1000,
+      pollInterval: this.pollInterval,
       reconnectTimeout: this.reconnectTimeout,
     });
     this.listener = new Listener(pool.options, names.name, {
@@ -201,6 +211,49 @@ export class Tide {
     const name = parseTableArgument(table);
     const parsed = parseChangesOptions<Row>(options);
     return changeEvents(this.streamContext(), name, parsed);
+  }
+
+  /**
+   * Whole transactions: every committed transaction that wrote any of `tables`, once,
+   * with its changes to those tables in statement order (changes to other tables are
+   * left out). Transactions come in an order that agrees with every row's commit order.
+   * With `consumer`, acknowledging a transaction acknowledges all its changes; the
+   * consumer's position moves between batches of transactions, so a crash redelivers at
+   * most the batch it was in.
+   *
+   * @example
+   * ```ts
+   * tide.transactions$(['orders', 'order_lines'], { consumer: 'invoicing' })
+   *   .pipe(concatMap(async (tx) => { await invoice(tx.changes); return tx; }), acknowledge())
+   *   .subscribe();
+   * ```
+   * @throws PgTideError `INVALID_TABLE_NAME`, `INVALID_OPTIONS` at once; `UNKNOWN_TABLE`
+   *   and the like as the stream's error.
+   */
+  transactions$<Row = RowData>(tables: readonly string[], options: TransactionsOptions<Row> = {}): Observable<Transaction<Row>> {
+    this.assertOpen();
+    const names = parseTableList(tables);
+    const parsed = parseTransactionsOptions<Row>(options);
+    return transactionEvents({ ...this.streamContext(), pollInterval: this.pollInterval }, names, parsed);
+  }
+
+  /**
+   * Read your writes: resolves once every change of transaction `txid` is readable by
+   * this Tide's streams (at once if it already is). Give it what the writer got from
+   * `SELECT pg_current_xact_id()::text` in its transaction.
+   *
+   * @example
+   * ```ts
+   * const { rows } = await client.query(`INSERT ... ; SELECT pg_current_xact_id()::text AS txid`);
+   * await tide.waitFor(rows[0].txid, { timeout: 2000 }); // now every stream has seen it
+   * ```
+   * @throws PgTideError `WAIT_TIMEOUT` after `timeout` ms; `TRANSACTION_ROLLED_BACK` if it
+   *   rolled back; `INVALID_OPTIONS` for something that is not a transaction id.
+   */
+  async waitFor(txid: string, options: WaitForOptions = {}): Promise<void> {
+    this.assertOpen();
+    const parsed = parseWaitFor(txid, options);
+    await waitForTransaction(this.pool, this.hub, parsed.txid, parsed.options.timeout ?? 10_000);
   }
 
   /**
@@ -466,17 +519,20 @@ export class Tide {
     if (!covered) await watchTable(this.pool, this.names, info.qualified, columns);
   }
 
-  private async consumerPosition(name: string, table: TableInfo, start: () => Promise<Position>): Promise<Position> {
+  private async consumerPosition(name: string, tables: readonly TableInfo[], start: () => Promise<Position>): Promise<Position> {
+    const relids = tables.map((table) => table.relid);
     let stored = await readConsumer(this.pool, this.names, name);
     if (!stored) {
-      await registerConsumer(this.pool, this.names, name, table.relid, await start());
+      await registerConsumer(this.pool, this.names, name, relids, await start());
       stored = (await readConsumer(this.pool, this.names, name))!;
     }
-    if (stored.relid !== table.relid) {
+    const same = stored.relids.length === relids.length && relids.every((relid) => stored.relids.includes(relid));
+    if (!same) {
+      const named = tables.map((table) => table.qualified).join(', ');
       throw new PgTideError(
         'CONSUMER_TABLE_MISMATCH',
-        `consumer ${JSON.stringify(name)} follows another table, not ${table.qualified}; consumer names are unique`,
-        { consumer: name, table: table.qualified },
+        `consumer ${JSON.stringify(name)} follows other tables, not ${named}; consumer names are unique`,
+        { consumer: name, table: named },
       );
     }
     if (stored.expiredAt) throw expiredError(name, stored.expiredAt);

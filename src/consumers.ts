@@ -43,35 +43,36 @@ export async function registerConsumer(
   pool: Pool,
   schema: SchemaNames,
   name: string,
-  relid: number,
+  relids: readonly number[],
   position: Position,
 ): Promise<void> {
   await inTransaction(pool, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock_shared(hashtext($1))', [pruneLock(schema)]);
     await client.query(
-      `INSERT INTO ${schema.ident}.consumers (name, relid, era, base, upto, after_id) VALUES ($1, $2, $3, $4, $5, $6)
+      `INSERT INTO ${schema.ident}.consumers (name, relids, era, base, upto, after_id) VALUES ($1, $2, $3, $4, $5, $6)
        ON CONFLICT (name) DO NOTHING`,
-      [name, relid, ...positionValues(position)],
+      [name, relids, ...positionValues(position)],
     );
   });
 }
 
 export interface StoredConsumer {
-  readonly relid: number;
+  /** The followed tables' oids, in the order the consumer was registered with. */
+  readonly relids: readonly number[];
   readonly position: Position;
   readonly expiredAt: Date | null;
 }
 
 export async function readConsumer(pool: Pool, schema: SchemaNames, name: string): Promise<StoredConsumer | undefined> {
   const { rows } = await pool.query<{
-    relid: string;
+    relids: string[];
     era: number;
     base: string;
     upto: string | null;
     after_id: string | null;
     expired_at: Date | null;
   }>(
-    `SELECT relid::int8 AS relid, era, base::text, upto::text, after_id::text, expired_at
+    `SELECT relids::int8[]::text[] AS relids, era, base::text, upto::text, after_id::text, expired_at
        FROM ${schema.ident}.consumers WHERE name = $1`,
     [name],
   );
@@ -82,7 +83,7 @@ export async function readConsumer(pool: Pool, schema: SchemaNames, name: string
     base: parseSnapshot(row.base),
     ...(row.upto === null ? {} : { upto: parseSnapshot(row.upto), afterId: BigInt(row.after_id!) }),
   };
-  return { relid: Number(row.relid), position, expiredAt: row.expired_at };
+  return { relids: row.relids.map(Number), position, expiredAt: row.expired_at };
 }
 
 /** Saves a consumer's position (its stream saves them in delivery order). */
@@ -118,13 +119,13 @@ export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<Co
     expired_at: Date | null;
   }>(
     `SELECT c.name, format('%I.%I', w.schema_name, w.table_name) AS table_name,
-            (SELECT max(l.id)::text FROM ${schema.ident}.log l WHERE l.relid = c.relid AND NOT (${undelivered(schema)})) AS acknowledged_id,
-            (SELECT count(*) FROM ${schema.ident}.log l WHERE l.relid = c.relid AND ${undelivered(schema)})::int8::float8 AS lag_changes,
+            (SELECT max(l.id)::text FROM ${schema.ident}.log l WHERE l.relid = ANY (c.relids) AND NOT (${undelivered(schema)})) AS acknowledged_id,
+            (SELECT count(*) FROM ${schema.ident}.log l WHERE l.relid = ANY (c.relids) AND ${undelivered(schema)})::int8::float8 AS lag_changes,
             coalesce(extract(epoch FROM now() - (
-              SELECT min(l.written_at) FROM ${schema.ident}.log l WHERE l.relid = c.relid AND ${undelivered(schema)}
+              SELECT min(l.written_at) FROM ${schema.ident}.log l WHERE l.relid = ANY (c.relids) AND ${undelivered(schema)}
             )), 0)::float8 AS lag_seconds,
             c.acknowledged_at, c.expired_at
-       FROM ${schema.ident}.consumers c LEFT JOIN ${schema.ident}.watched w ON w.relid = c.relid
+       FROM ${schema.ident}.consumers c LEFT JOIN ${schema.ident}.watched w ON w.relid = c.relids[1]
       ORDER BY c.name`,
   );
   return rows.map((row) => ({
@@ -162,21 +163,21 @@ export async function prune(
       `UPDATE ${schema.ident}.consumers c SET expired_at = now()
         WHERE c.expired_at IS NULL
           AND (SELECT count(*) FROM (
-                 SELECT FROM ${schema.ident}.log l WHERE l.relid = c.relid AND ${undelivered(schema)} LIMIT $1 + 1
+                 SELECT FROM ${schema.ident}.log l WHERE l.relid = ANY (c.relids) AND ${undelivered(schema)} LIMIT $1 + 1
                ) behind) > $1
         RETURNING c.name`,
       [options.maxLag],
     );
     const byConsumers = await client.query(
       `DELETE FROM ${schema.ident}.log l
-        WHERE l.relid IN (SELECT relid FROM ${schema.ident}.consumers WHERE expired_at IS NULL)
+        WHERE l.relid IN (SELECT unnest(relids) FROM ${schema.ident}.consumers WHERE expired_at IS NULL)
           AND NOT EXISTS (SELECT FROM ${schema.ident}.consumers c
-                           WHERE c.relid = l.relid AND c.expired_at IS NULL AND ${undelivered(schema)})`,
+                           WHERE l.relid = ANY (c.relids) AND c.expired_at IS NULL AND ${undelivered(schema)})`,
     );
     const byAge = await client.query(
       `DELETE FROM ${schema.ident}.log l
         WHERE l.written_at < now() - make_interval(secs => $1)
-          AND NOT EXISTS (SELECT FROM ${schema.ident}.consumers c WHERE c.relid = l.relid AND c.expired_at IS NULL)`,
+          AND NOT EXISTS (SELECT FROM ${schema.ident}.consumers c WHERE l.relid = ANY (c.relids) AND c.expired_at IS NULL)`,
       [options.retentionSeconds],
     );
     return {

@@ -1,5 +1,5 @@
 import type { Position } from './log.js';
-import type { Change, Logger } from './types.js';
+import type { Change, Logger, Transaction } from './types.js';
 
 /**
  * The processed/unprocessed bookkeeping of one durable consumer stream. Changes are
@@ -137,9 +137,9 @@ interface Delivery {
 /** The deliveries a change stands for: its own, plus those of changes merged into it. */
 const deliveries = new WeakMap<object, Delivery[]>();
 
-/** @internal Ties an emitted change to its stream's ledger. */
-export function recordDelivery(change: Change<unknown>, ledger: Ledger, number: number): void {
-  deliveries.set(change, [{ ledger, number }]);
+/** @internal Ties an emitted change (or transaction) to its stream's ledger. */
+export function recordDelivery(delivered: Change<unknown> | Transaction<unknown>, ledger: Ledger, number: number): void {
+  deliveries.set(delivered, [{ ledger, number }]);
 }
 
 /**
@@ -159,7 +159,7 @@ export function recordDelivery(change: Change<unknown>, ledger: Ledger, number: 
  * });
  * ```
  */
-export function markProcessed(change: Change<unknown>): void {
+export function markProcessed(change: Change<unknown> | Transaction<unknown>): void {
   for (const delivery of deliveries.get(change) ?? []) delivery.ledger.complete(delivery.number);
 }
 

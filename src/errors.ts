@@ -15,6 +15,8 @@ export type PgTideErrorCode =
   | 'CONNECTION_LOST'
   | 'AUTHENTICATION_FAILED'
   | 'PERMISSION_DENIED'
+  | 'WAIT_TIMEOUT'
+  | 'TRANSACTION_ROLLED_BACK'
   | 'CLOSED';
 
 /**

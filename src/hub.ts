@@ -187,6 +187,8 @@ export class TableFeed {
  */
 export class Hub {
   private readonly feeds = new Map<number, TableFeed>();
+  /** Readers of their own (transactions$), woken with the feeds. */
+  private readonly wakeListeners = new Map<number, Set<() => void>>();
   private readonly pollTimer: NodeJS.Timeout;
   private polling = false;
   private pollFailingSince: number | undefined;
@@ -219,10 +221,28 @@ export class Hub {
 
   nudge(relid: number): void {
     this.feeds.get(relid)?.nudge();
+    for (const wake of this.wakeListeners.get(relid) ?? []) wake();
   }
 
   nudgeAll(): void {
     for (const feed of this.feeds.values()) feed.nudge();
+    for (const listeners of this.wakeListeners.values()) for (const wake of listeners) wake();
+  }
+
+  /** Calls `wake` whenever one of these tables may have news. Returns the remover. */
+  onWake(relids: readonly number[], wake: () => void): () => void {
+    for (const relid of relids) {
+      let listeners = this.wakeListeners.get(relid);
+      if (!listeners) this.wakeListeners.set(relid, (listeners = new Set()));
+      listeners.add(wake);
+    }
+    return () => {
+      for (const relid of relids) {
+        const listeners = this.wakeListeners.get(relid);
+        listeners?.delete(wake);
+        if (listeners?.size === 0) this.wakeListeners.delete(relid);
+      }
+    };
   }
 
   stop(): void {

@@ -13,6 +13,9 @@ export type {
   StateOptions,
   StreamEvent,
   TideWarning,
+  Transaction,
+  TransactionsOptions,
+  WaitForOptions,
   WatchOptions,
 } from './types.js';
 export type { ConsumerInfo, PruneResult } from './consumers.js';

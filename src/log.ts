@@ -147,6 +147,35 @@ export class LogReader {
     return { era, rows: found, positions, next, full: full || first.closed, pending: first.pending };
   }
 
+  /**
+   * One whole batch of several tables, read at one snapshot: every row, merged in id
+   * order, and the position after the batch. For streams of whole transactions, whose
+   * changes may span tables. `from` must be between batches.
+   */
+  async batch(relids: readonly number[], from: Position, pageSize: number, checkPending: boolean): Promise<Batch> {
+    const rows: Array<{ readonly relid: number; readonly row: LogRow }> = [];
+    let upto: Snapshot | undefined;
+    let next: Position = from;
+    let pending = false;
+    for (const relid of relids) {
+      let position: Position = upto ? { era: from.era, base: from.base, upto } : from;
+      for (;;) {
+        const page = await this.next(relid, position, pageSize, checkPending && relid === relids[0]);
+        pending ||= page.pending;
+        for (const row of page.rows) rows.push({ relid, row });
+        // The first table's first page fixes the snapshot the others are read at.
+        upto ??= page.positions[0]?.upto ?? (page.next.era > from.era ? EVERYTHING_VISIBLE : page.next.base);
+        if (!page.next.upto) {
+          if (relid === relids[0]) next = page.next;
+          break;
+        }
+        position = page.next;
+      }
+    }
+    rows.sort((a, b) => compareIds(a.row.id, b.row.id));
+    return { era: from.era, rows, next, pending };
+  }
+
   /** The position after everything committed so far ("now"). */
   async now(): Promise<Position> {
     const { rows } = await this.pool.query<{ snapshot: string; era: number }>(this.nowQuery);
@@ -183,6 +212,21 @@ export class LogReader {
     for (const [relid, position] of positions) if (position.upto || position.era !== rows[0]!.era) news.add(relid);
     return news;
   }
+}
+
+/** A batch of several tables (see `LogReader.batch`). */
+export interface Batch {
+  readonly era: number;
+  /** The rows of every table, in id order. */
+  readonly rows: ReadonlyArray<{ readonly relid: number; readonly row: LogRow }>;
+  /** Where the reader stands after the batch. */
+  readonly next: Position;
+  /** Whether writers that skipped NOTIFY were still committing (see `LogPage.pending`). */
+  readonly pending: boolean;
+}
+
+function compareIds(a: string, b: string): number {
+  return a.length !== b.length ? a.length - b.length : a < b ? -1 : a > b ? 1 : 0;
 }
 
 /** The snapshot that sees what `snapshot` sees below `xmax`, and nothing above. */

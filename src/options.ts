@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { z } from 'zod';
 import { PgTideError } from './errors.js';
-import type { ChangesOptions, Logger, StateOptions, WatchOptions } from './types.js';
+import type { ChangesOptions, Logger, StateOptions, TransactionsOptions, WaitForOptions, WatchOptions } from './types.js';
 
 /** Options of {@link connect}. */
 export interface ConnectOptions {
@@ -123,6 +123,18 @@ const changesSchema = z
     path: ['maxInFlight'],
   });
 
+const transactionsSchema = z.strictObject({
+  from: startFromSchema.optional(),
+  consumer: storable.max(200).optional(),
+  schema: rowSchemaOption,
+});
+
+const waitForSchema = z.strictObject({ timeout: z.number().int().min(0).optional() });
+
+const txidSchema = z
+  .string()
+  .regex(/^[1-9][0-9]{0,19}$/, 'must be a transaction id, as pg_current_xact_id()::text returns it');
+
 const stateSchema = z.strictObject({ rowId: rowIdOption, columns: columnsOption, schema: rowSchemaOption });
 
 const watchSchema = z.strictObject({ columns: columnsOption });
@@ -145,6 +157,36 @@ export function parseConnectOptions(value: unknown): ConnectOptions {
 
 export function parseChangesOptions<Row>(value: unknown): ChangesOptions<Row> {
   return parseOptions(changesSchema, value, 'changes$') as ChangesOptions<Row>;
+}
+
+export function parseTransactionsOptions<Row>(value: unknown): TransactionsOptions<Row> {
+  return parseOptions(transactionsSchema, value, 'transactions$') as TransactionsOptions<Row>;
+}
+
+export function parseWaitFor(txid: unknown, options: unknown): { txid: string; options: WaitForOptions } {
+  const parsed = txidSchema.safeParse(txid);
+  if (!parsed.success) {
+    throw new PgTideError('INVALID_OPTIONS', `waitFor: txid ${describeValue(txid)} ${parsed.error.issues[0]!.message}`, {
+      issues: [{ path: 'txid', message: parsed.error.issues[0]!.message }],
+    });
+  }
+  return { txid: parsed.data, options: parseOptions(waitForSchema, options, 'waitFor') };
+}
+
+/** The table arguments of transactions$: a non-empty array of table names, no repeats. */
+export function parseTableList(tables: unknown): string[] {
+  if (!Array.isArray(tables) || tables.length === 0) {
+    throw new PgTideError('INVALID_TABLE_NAME', `tables must be a non-empty array of table names, got ${describeValue(tables)}`, {
+      table: tables,
+    });
+  }
+  const names = tables.map(parseTableArgument);
+  if (new Set(names).size !== names.length) {
+    throw new PgTideError('INVALID_OPTIONS', `tables: ${describeValue(tables)} names a table twice`, {
+      issues: [{ path: 'tables', message: 'names a table twice' }],
+    });
+  }
+  return names;
 }
 
 export function parseStateOptions<Row>(value: unknown): StateOptions<Row> {

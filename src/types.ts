@@ -84,6 +84,39 @@ export interface ChangesOptions<Row = RowData> {
   readonly schema?: ZodType<Row>;
 }
 
+/**
+ * One committed transaction's changes to the tables a `transactions$` stream follows.
+ *
+ * @typeParam Row - the row type; `RowData` unless a `schema` was given.
+ */
+export interface Transaction<Row = RowData> {
+  /** The transaction id (`pg_current_xact_id()::text` in the writer). */
+  readonly txid: string;
+  /** Its changes to the followed tables, in statement order. */
+  readonly changes: ReadonlyArray<Change<Row>>;
+  /** The followed tables it wrote, as given to `transactions$`, in the order given there. */
+  readonly tables: readonly string[];
+}
+
+/** Options of `tide.transactions$()`. */
+export interface TransactionsOptions<Row = RowData> {
+  /** Where a stream without a durable cursor starts. Default `'now'`. */
+  readonly from?: StartFrom;
+  /**
+   * Durable consumer name, following all the given tables: the stream resumes after the
+   * last whole batch of transactions acknowledged, and the log keeps what it still needs.
+   */
+  readonly consumer?: string;
+  /** Validates and types `new`/`old` of every change. */
+  readonly schema?: ZodType<Row>;
+}
+
+/** Options of `tide.waitFor()`. */
+export interface WaitForOptions {
+  /** Milliseconds to wait before rejecting with `WAIT_TIMEOUT`. Default 10000. */
+  readonly timeout?: number;
+}
+
 /** Options of `tide.watch()`. */
 export interface WatchOptions {
   /**

@@ -12,6 +12,11 @@ export interface Settings {
   /** Length of one latency measurement at `latencyRate`. */
   readonly latencyMs: number;
   readonly latencyRate: number;
+  /** Length of one latency measurement with an unrelated transaction open (or not), at `blockedRate`. */
+  readonly blockedMs: number;
+  readonly blockedRate: number;
+  /** How long one idle Tide's queries are counted. */
+  readonly idleMs: number;
   /** How long the writers write in one sustained-delivery run. */
   readonly sustainMs: number;
   /** Rows per statement of the sustained-delivery writers. */
@@ -34,6 +39,9 @@ export function settingsFor(quick: boolean): Settings {
         bulkStatements: 3,
         latencyMs: 1000,
         latencyRate: 1000,
+        blockedMs: 2000,
+        blockedRate: 200,
+        idleMs: 5000,
         sustainMs: 1000,
         sustainBatch: 10_000,
         slowRuns: 3,
@@ -50,6 +58,9 @@ export function settingsFor(quick: boolean): Settings {
         bulkStatements: 10,
         latencyMs: 3000,
         latencyRate: 1000,
+        blockedMs: 5000,
+        blockedRate: 200,
+        idleMs: 5000,
         sustainMs: 5000,
         sustainBatch: 10_000,
         slowRuns: 3,

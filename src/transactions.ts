@@ -1,0 +1,214 @@
+import { Observable, type Subscriber } from 'rxjs';
+import { sleep } from './backoff.js';
+import type { TableInfo } from './catalog.js';
+import { toChange, withRowSchema } from './change.js';
+import type { StreamContext, TrackedStream } from './changes.js';
+import { recordDelivery, Ledger } from './delivery.js';
+import { PgTideError, RowValidationError } from './errors.js';
+import { NOTHING_VISIBLE, type Batch, type Position } from './log.js';
+import { lostConnection } from './pages.js';
+import { classifyDatabaseError } from './sql.js';
+import type { Change, Transaction, TransactionsOptions } from './types.js';
+
+/** What a transactions$ stream needs beyond a change stream's context. */
+export interface TransactionsContext extends StreamContext {
+  /** How long (ms) an idle stream waits before reading anyway. */
+  readonly pollInterval: number;
+}
+
+/**
+ * The stream behind `transactions$`: reads whole batches of several tables at one
+ * snapshot and emits each transaction that wrote any of them, once, with its changes in
+ * statement order. Its reader is its own (the shared feeds read per table), woken by the
+ * same NOTIFYs.
+ */
+export function transactionEvents<Row>(
+  context: TransactionsContext,
+  tables: readonly string[],
+  options: TransactionsOptions<Row>,
+): Observable<Transaction<Row>> {
+  return new Observable<Transaction<Row>>((subscriber) => {
+    const stream = new TransactionStream<Row>(context, tables, options, subscriber);
+    const untrack = context.track(stream);
+    void stream.run();
+    return () => {
+      untrack();
+      void stream.teardown(true);
+    };
+  });
+}
+
+const firstPendingDelay = 1;
+
+class TransactionStream<Row> implements TrackedStream {
+  private ended = false;
+  private stopping: Promise<void> | undefined;
+  private ledger: Ledger | undefined;
+  private wake: (() => void) | undefined;
+  private woken = false;
+  private unlisten: (() => void) | undefined;
+
+  constructor(
+    private readonly context: TransactionsContext,
+    private readonly tables: readonly string[],
+    private readonly options: TransactionsOptions<Row>,
+    private readonly subscriber: Subscriber<Transaction<Row>>,
+  ) {}
+
+  async run(): Promise<void> {
+    try {
+      const infos: TableInfo[] = [];
+      for (const table of this.tables) infos.push(await this.context.prepare(table, undefined, () => undefined));
+      const relids = infos.map((info) => info.relid);
+      this.unlisten = this.context.hub.onWake(relids, () => this.nudge());
+      let position = await this.startPosition(infos);
+      const consumer = this.options.consumer;
+      if (consumer !== undefined && !this.ended) {
+        this.ledger = new Ledger(
+          position,
+          (saved) => this.context.saveConsumerPosition(consumer, saved),
+          this.context.acknowledgeFlushDelay,
+          this.context.logger,
+        );
+      }
+      let pendingDelay = firstPendingDelay;
+      let failingSince: number | undefined;
+      while (!this.ended) {
+        this.woken = false;
+        let batch: Batch;
+        try {
+          batch = await this.context.reader.batch(relids, position, this.context.pageSize, true);
+          failingSince = undefined;
+        } catch (error) {
+          if (this.ended || this.context.closed()) return;
+          failingSince ??= Date.now();
+          const giveUp = lostConnection(error, failingSince, this.context.reconnectTimeout, this.tables.join(', '));
+          if (giveUp) throw giveUp;
+          await sleep(100);
+          continue;
+        }
+        if (this.ended) return;
+        this.emitBatch(batch, infos, position);
+        position = batch.next;
+        if (batch.rows.length > 0) continue;
+        if (batch.pending) {
+          await this.idle(pendingDelay);
+          pendingDelay = Math.min(this.context.pollInterval, pendingDelay * 2);
+        } else {
+          pendingDelay = firstPendingDelay;
+          await this.idle(this.context.pollInterval);
+        }
+      }
+    } catch (error) {
+      if (this.ended) return;
+      if (this.context.closed()) void this.complete(false);
+      else this.fail(classifyDatabaseError(error, `transactions$(${JSON.stringify(this.tables)})`) ?? error);
+    }
+  }
+
+  async complete(flush: boolean): Promise<void> {
+    if (this.ended) return;
+    const saved = this.teardown(flush);
+    this.subscriber.complete();
+    await saved;
+  }
+
+  teardown(flush: boolean): Promise<void> {
+    if (!this.stopping) {
+      this.ended = true;
+      this.unlisten?.();
+      this.wake?.();
+      this.stopping = this.ledger?.close(flush) ?? Promise.resolve();
+    }
+    return this.stopping;
+  }
+
+  private fail(error: unknown): void {
+    if (this.ended) return;
+    void this.teardown(false);
+    this.subscriber.error(error);
+  }
+
+  private nudge(): void {
+    this.woken = true;
+    this.wake?.();
+  }
+
+  /** Waits for a wake-up, or `delay` ms. */
+  private async idle(delay: number): Promise<void> {
+    if (this.woken || this.ended) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, delay);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.wake = undefined;
+  }
+
+  private async startPosition(infos: readonly TableInfo[]): Promise<Position> {
+    const from = this.options.from ?? 'now';
+    const start = async (): Promise<Position> => {
+      if (from === 'beginning') return { era: 1, base: NOTHING_VISIBLE };
+      if (from === 'now') return this.context.reader.now();
+      for (const info of infos) {
+        const found = await this.context.reader.positionAfterId(info.relid, from.after);
+        // Whole batches only: the transactions in the one holding that change are read again.
+        if (found) return { era: found.era, base: found.base };
+      }
+      throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${this.tables.join(', ')} is not in the log`, {
+        table: this.tables.join(', '),
+        after: from.after,
+      });
+    };
+    if (this.options.consumer === undefined) return start();
+    const stored = await this.context.consumerPosition(this.options.consumer, infos, start);
+    // A consumer is saved between batches only; a position mid-batch (never written by
+    // this stream) restarts its batch.
+    return { era: stored.era, base: stored.base };
+  }
+
+  /**
+   * Groups a batch by transaction. Transactions come in the order of their last change:
+   * a transaction that changed a row after another committed wrote that change later, so
+   * this order agrees with every row's commit order.
+   */
+  private emitBatch(batch: Batch, infos: readonly TableInfo[], before: Position): void {
+    const byTxid = new Map<string, { changes: Change<Row>[]; tables: Set<number>; last: number }>();
+    let order = 0;
+    for (const { relid, row } of batch.rows) {
+      const info = infos.find((candidate) => candidate.relid === relid)!;
+      let change: Change<Row>;
+      try {
+        change = withRowSchema(toChange(row, info), this.options.schema);
+      } catch (error) {
+        this.fail(new RowValidationError(row.id, info.qualified, error));
+        return;
+      }
+      let entry = byTxid.get(row.txid);
+      if (!entry) byTxid.set(row.txid, (entry = { changes: [], tables: new Set(), last: 0 }));
+      entry.changes.push(change);
+      entry.tables.add(relid);
+      entry.last = order++;
+    }
+    const transactions = [...byTxid.entries()].sort((a, b) => a[1].last - b[1].last);
+    transactions.forEach(([txid, entry], index) => {
+      if (this.ended) return;
+      // Positions are saved between batches: only the batch's last transaction moves it.
+      const position = index === transactions.length - 1 ? batch.next : before;
+      const transaction: Transaction<Row> = {
+        txid,
+        changes: entry.changes,
+        tables: this.tables.filter((_, tableIndex) => entry.tables.has(infos[tableIndex]!.relid)),
+      };
+      if (this.ledger) {
+        const number = this.ledger.deliver(position);
+        recordDelivery(transaction, this.ledger, number);
+        for (const change of entry.changes) recordDelivery(change, this.ledger, number);
+      }
+      this.subscriber.next(transaction);
+    });
+    if (transactions.length === 0) this.ledger?.pass(batch.next);
+  }
+}
