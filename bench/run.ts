@@ -15,7 +15,9 @@ import { settingsFor, type BenchServer, type Settings } from './lib/settings.js'
 import { nowMs } from './lib/stats.js';
 import { durableRow } from './scenarios/durable.js';
 import { fanoutRow } from './scenarios/fanout.js';
+import { idleQueriesRow } from './scenarios/idle.js';
 import { latencyRow } from './scenarios/latency.js';
+import { latency4wRow, latencyBlockedRow } from './scenarios/latency-writers.js';
 import { replayRow } from './scenarios/replay.js';
 import { sustainedRow } from './scenarios/sustained.js';
 import { bulkInsertRow, insertRow, updateRow } from './scenarios/write-rows.js';
@@ -33,11 +35,14 @@ const rows: Array<[string, RowRunner]> = [
   ['bulk', bulkInsertRow],
   ['update', updateRow],
   ['latency', latencyRow],
+  ['latency-4w', latency4wRow],
+  ['latency-blocked', latencyBlockedRow],
   ['sustained-1', (url, s) => sustainedRow(url, s, 1)],
   ['sustained-4', (url, s) => sustainedRow(url, s, 4)],
   ['replay', replayRow],
   ['fanout', fanoutRow],
   ['durable', durableRow],
+  ['idle-queries', idleQueriesRow],
 ];
 
 const serverSettings = {
@@ -72,6 +77,7 @@ try {
       results.push(row);
       console.log(`${((nowMs() - rowStart) / 1000).toFixed(1)} s`);
       console.log(renderTable([row]).split('\n').slice(2).join('\n'));
+      for (const note of row.notes ?? []) console.log(`  note: ${note}`);
     } catch (error) {
       failures.push({ id, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
       console.log(`FAILED after ${((nowMs() - rowStart) / 1000).toFixed(1)} s:`, error);

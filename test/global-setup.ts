@@ -13,7 +13,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   let url = process.env.DATABASE_URL;
   if (!url) {
     // Durability settings off: tests check behaviour, not crash safety of the test server.
-    server = await startPostgres({ settings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off' } });
+    server = await startPostgres({ settings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', max_prepared_transactions: 10 } });
     url = server.connectionString;
   }
   project.provide('databaseUrl', url);

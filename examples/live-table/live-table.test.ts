@@ -53,7 +53,22 @@ describe.skipIf(!existsSync(CHROMIUM))('live-table example in headless Chromium'
       CREATE TABLE mail_users (id int PRIMARY KEY, username text NOT NULL, quota_bytes bigint NOT NULL, last_login timestamptz);
       INSERT INTO mail_users VALUES (1, 'ann', 1000), (2, 'bob', 500);`);
     const tide = await db.tide();
-    live = createLiveTableServer({ tide, table: 'mail_users', columns: ['id', 'username', 'quota_bytes'], title: 'Mail users' });
+    live = createLiveTableServer({
+      tide,
+      table: 'mail_users',
+      columns: ['id', 'username', 'quota_bytes'],
+      title: 'Mail users',
+      write: async (row) => {
+        const { rows } = await db.pool.query<{ txid: string }>(
+          `WITH written AS (
+             INSERT INTO mail_users (id, username, quota_bytes) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET username = excluded.username, quota_bytes = excluded.quota_bytes)
+           SELECT pg_current_xact_id()::text AS txid`,
+          [row['id'], row['username'], row['quota_bytes']],
+        );
+        return rows[0]!.txid;
+      },
+    });
     url = await live.listen();
     userDataDir = mkdtempSync(join(tmpdir(), 'pgtide-chromium-'));
     browser = await chromium.launchPersistentContext(userDataDir, {
@@ -134,6 +149,16 @@ describe.skipIf(!existsSync(CHROMIUM))('live-table example in headless Chromium'
     } finally {
       await second.close();
     }
+  });
+
+  it('confirms a write posted from the page only once the page can show it (read your writes)', async () => {
+    const answer = await page.evaluate(async () => {
+      const response = await fetch('/rows', { method: 'POST', body: JSON.stringify({ id: 5, username: 'eve', quota_bytes: 55 }) });
+      return (await response.json()) as { txid: string; confirmed: boolean };
+    });
+    expect(answer).toMatchObject({ confirmed: true, txid: expect.stringMatching(/^\d+$/) });
+    // The server's stream had it when it answered; the page gets it over the same open stream.
+    await expect.poll(() => page.textContent('tr[data-key="5"] td[data-column="quota_bytes"]'), { timeout: 1000, interval: 10 }).toBe('55');
   });
 
   it('saves a screenshot of the live page', async () => {

@@ -23,10 +23,27 @@ try {
 await pool.query(`INSERT INTO ${TABLE} SELECT g, 'user' || g, g * 1000 FROM generate_series(1, 5) g`);
 
 const tide = await connect({ connectionString });
-const live = createLiveTableServer({ tide, table: TABLE, columns: ['id', 'username', 'quota_bytes'], title: 'Mail users (live)' });
+const live = createLiveTableServer({
+  tide,
+  table: TABLE,
+  columns: ['id', 'username', 'quota_bytes'],
+  title: 'Mail users (live)',
+  // POST /rows answers once every open page has the change (tide.waitFor).
+  write: async (row) => {
+    const { rows } = await pool.query<{ txid: string }>(
+      `WITH written AS (
+         INSERT INTO ${TABLE} VALUES ($1::int, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET username = excluded.username, quota_bytes = excluded.quota_bytes)
+       SELECT pg_current_xact_id()::text AS txid`,
+      [row['id'], row['username'], row['quota_bytes']],
+    );
+    return rows[0]!.txid;
+  },
+});
 const url = await live.listen(Number(process.env.PORT ?? 3000));
 console.log(`open ${url}`);
 console.log(`try: psql '${connectionString}' -c "UPDATE ${TABLE} SET quota_bytes = 42 WHERE id = 1"`);
+console.log(`or:  curl -d '{"id":9,"username":"zoe","quota_bytes":9}' ${url}rows   (answers once the page has it)`);
 console.log('Ctrl-C to stop');
 
 const writer = setInterval(() => {

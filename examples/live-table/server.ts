@@ -8,8 +8,14 @@ import type { Tide } from '../../src/connect.js';
 import type { RowData } from '../../src/types.js';
 
 export interface LiveTableOptions {
-  /** A connected Tide (only `state$` is used). */
-  readonly tide: Pick<Tide, 'state$'>;
+  /** A connected Tide (`state$`, and `waitFor` to confirm writes). */
+  readonly tide: Pick<Tide, 'state$' | 'waitFor'>;
+  /**
+   * Writes one row sent with `POST /rows` (a JSON object) and returns its transaction id
+   * (`pg_current_xact_id()::text`). The response waits until every open page's stream
+   * has the change (`tide.waitFor`). Without it, `POST /rows` is not served.
+   */
+  readonly write?: (row: RowData) => Promise<string>;
   /** The table to show: `'name'` or `'schema.name'`. */
   readonly table: string;
   /** The columns shown, in order; include the primary key to show it. Updates of other columns are not sent. */
@@ -65,6 +71,8 @@ export function createLiveTableServer(options: LiveTableOptions): LiveTableServe
       response.end(page);
     } else if (request.method === 'GET' && path === '/events') {
       streamEvents(request, response, state$, heartbeatMs);
+    } else if (request.method === 'POST' && path === '/rows' && options.write) {
+      void confirmWrite(request, response, options.write, options.tide);
     } else {
       response.writeHead(404, { 'content-type': 'text/plain' });
       response.end('not found\n');
@@ -88,6 +96,30 @@ export function createLiveTableServer(options: LiveTableOptions): LiveTableServe
         server.closeAllConnections();
       }),
   };
+}
+
+/**
+ * Read your writes: answers only once the change is in the shared state every page
+ * follows, so the client that wrote sees it on its page when the response arrives.
+ */
+async function confirmWrite(
+  request: IncomingMessage,
+  response: ServerResponse,
+  write: (row: RowData) => Promise<string>,
+  tide: Pick<Tide, 'waitFor'>,
+): Promise<void> {
+  try {
+    let body = '';
+    for await (const chunk of request) body += String(chunk);
+    const row = JSON.parse(body) as RowData;
+    const txid = await write(row);
+    await tide.waitFor(txid, { timeout: 5000 });
+    response.writeHead(200, { 'content-type': 'application/json' });
+    response.end(JSON.stringify({ txid, confirmed: true }));
+  } catch (error) {
+    response.writeHead(400, { 'content-type': 'application/json' });
+    response.end(JSON.stringify({ error: String(error) }));
+  }
 }
 
 function streamEvents(

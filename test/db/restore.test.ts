@@ -154,7 +154,7 @@ async function diagnose(pool: pg.Pool): Promise<Record<string, unknown>> {
     itemsOid: (await q(`SELECT 'items'::regclass::oid::int8 AS oid`))[0],
     nextXid: (await q(`SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax`))[0],
     eras: await q(`SELECT era, system_identifier::text, first_id FROM pgtide.eras ORDER BY era`),
-    consumers: await q(`SELECT name, relid::int8, era, base::text, upto::text, after_id FROM pgtide.consumers ORDER BY name`),
+    consumers: await q(`SELECT name, relids::int8[]::text AS relids, era, base::text, upto::text, after_id FROM pgtide.consumers ORDER BY name`),
     watched: await q(`SELECT relid::int8, schema_name, table_name FROM pgtide.watched ORDER BY relid`),
     log: await q(`SELECT relid::int8, pgtide.era_of(id) AS era, count(*)::int AS rows, min(id) AS first_id, max(id) AS last_id,
                          min(txid::text::int8) AS min_txid, max(txid::text::int8) AS max_txid
