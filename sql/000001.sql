@@ -75,6 +75,11 @@ BEGIN
         RETURNING * INTO latest;
     END IF;
   END IF;
+  -- A restored dump gives its tables new oids: follow the watched tables by name.
+  IF EXISTS (SELECT FROM :SCHEMA.restored_tables()) THEN
+    PERFORM pg_advisory_xact_lock(hashtext(:CHANNEL || ':era'));
+    PERFORM :SCHEMA.follow_restored_tables();
+  END IF;
   PERFORM set_config('pgtide.era_' || :SCHEMA_KEY, latest.era::text, false);
   RETURN latest.era;
 END
@@ -259,6 +264,10 @@ BEGIN
         FROM old_rows o;
   ELSE
     SELECT w.update_sql INTO update_sql FROM :SCHEMA.watched w WHERE w.relid = TG_RELID;
+    IF update_sql IS NULL THEN
+      RAISE EXCEPTION 'pgtide: % has capture triggers but is not in %.watched', TG_RELID::regclass, :CHANNEL
+        USING HINT = 'watch the table again (tide.watch), or drop its pgtide triggers (tide.unwatch)';
+    END IF;
     EXECUTE update_sql USING xid, written;
   END IF;
   RETURN NULL;
@@ -479,6 +488,52 @@ BEGIN
     EXECUTE format('CREATE EVENT TRIGGER %I ON sql_drop WHEN TAG IN (''DROP TABLE'', ''DROP SCHEMA'') EXECUTE FUNCTION %s.follow_ddl()',
       :CHANNEL || '_follow_drop', :SCHEMA_LITERAL_IDENT);
   END IF;
+END
+$$;
+
+-- Watched tables whose oid is gone while a table of that name exists: what a restored
+-- dump (into this cluster or another) looks like.
+CREATE FUNCTION :SCHEMA.restored_tables()
+RETURNS TABLE (old_relid oid, new_relid oid, columns text[])
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT w.relid, r.oid, w.columns
+    FROM :SCHEMA.watched w
+   CROSS JOIN LATERAL (SELECT to_regclass(format('%I.%I', w.schema_name, w.table_name))::oid AS oid) r
+   WHERE r.oid IS NOT NULL AND r.oid <> w.relid
+     AND NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = w.relid)
+$$;
+
+-- Moves the changes, consumers and registry of restored tables to their new oids, all
+-- in one statement each (an old oid may be another table's new one), and regenerates
+-- their capture statements.
+CREATE FUNCTION :SCHEMA.follow_restored_tables()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  olds oid[];
+  news oid[];
+  moved record;
+BEGIN
+  SELECT array_agg(r.old_relid), array_agg(r.new_relid) INTO olds, news FROM :SCHEMA.restored_tables() r;
+  IF olds IS NULL THEN
+    RETURN;
+  END IF;
+  UPDATE :SCHEMA.log l SET relid = m.new FROM unnest(olds, news) AS m(old, new) WHERE l.relid = m.old;
+  UPDATE :SCHEMA.consumers c
+     SET relids = (SELECT array_agg(coalesce(m.new, u.relid) ORDER BY u.ord)
+                     FROM unnest(c.relids) WITH ORDINALITY AS u(relid, ord)
+                     LEFT JOIN unnest(olds, news) AS m(old, new) ON m.old = u.relid)
+   WHERE c.relids && olds;
+  FOR moved IN DELETE FROM :SCHEMA.watched w USING unnest(olds, news) AS m(old, new)
+                WHERE w.relid = m.old RETURNING m.new, w.columns
+  LOOP
+    PERFORM :SCHEMA.watch(moved.new::regclass, moved.columns);
+  END LOOP;
 END
 $$;
 

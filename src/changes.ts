@@ -59,8 +59,23 @@ export function changeEvents<Row = RowData>(
   options: ChangesOptions<Row>,
   resume: ResumePoint = {},
 ): Observable<StreamEvent<Row>> {
-  return new Observable<StreamEvent<Row>>((subscriber) => {
-    const stream = new ChangeStream<Row>(context, table, options, subscriber, resume);
+  return trackedStream(context, (subscriber) => new ChangeStream<Row>(context, table, options, subscriber, resume));
+}
+
+/** A stream the Tide tracks, as its own class runs it: one per subscription. */
+export interface RunningStream extends TrackedStream {
+  run(): Promise<void>;
+  /** Stops reading; saves a consumer position when `flush`. */
+  teardown(flush: boolean): Promise<void>;
+}
+
+/**
+ * An Observable that runs a new stream per subscription, registered with the Tide (so
+ * `close()` completes it); unsubscribing tears it down and saves its consumer position.
+ */
+export function trackedStream<T>(context: StreamContext, create: (subscriber: Subscriber<T>) => RunningStream): Observable<T> {
+  return new Observable<T>((subscriber) => {
+    const stream = create(subscriber);
     const untrack = context.track(stream);
     void stream.run();
     return () => {
@@ -72,7 +87,7 @@ export function changeEvents<Row = RowData>(
 
 const defaultMaxInFlight = 1000;
 
-class ChangeStream<Row> implements FeedMember, TrackedStream {
+class ChangeStream<Row> implements FeedMember, RunningStream {
   rowKey?: string;
   private info: TableInfo | undefined;
   private cursor: Position = { era: 1, base: NOTHING_VISIBLE };

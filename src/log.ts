@@ -142,7 +142,8 @@ export class LogReader {
     const full = found.length === limit;
     let next: Position;
     if (full) next = positions[positions.length - 1]!;
-    else if (first.closed) next = { era: era + 1, base: NOTHING_VISIBLE };
+    // A batch that ends in a closed era leaves the rest of that era to read first.
+    else if (first.closed && !position.upto) next = { era: era + 1, base: NOTHING_VISIBLE };
     else next = { era, base: upto };
     return { era, rows: found, positions, next, full: full || first.closed, pending: first.pending };
   }

@@ -1,8 +1,8 @@
-import { Observable, type Subscriber } from 'rxjs';
+import type { Observable, Subscriber } from 'rxjs';
 import { sleep } from './backoff.js';
 import type { TableInfo } from './catalog.js';
 import { toChange, withRowSchema } from './change.js';
-import type { StreamContext, TrackedStream } from './changes.js';
+import { trackedStream, type RunningStream, type StreamContext } from './changes.js';
 import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import { NOTHING_VISIBLE, type Batch, type Position } from './log.js';
@@ -27,20 +27,12 @@ export function transactionEvents<Row>(
   tables: readonly string[],
   options: TransactionsOptions<Row>,
 ): Observable<Transaction<Row>> {
-  return new Observable<Transaction<Row>>((subscriber) => {
-    const stream = new TransactionStream<Row>(context, tables, options, subscriber);
-    const untrack = context.track(stream);
-    void stream.run();
-    return () => {
-      untrack();
-      void stream.teardown(true);
-    };
-  });
+  return trackedStream(context, (subscriber) => new TransactionStream<Row>(context, tables, options, subscriber));
 }
 
 const firstPendingDelay = 1;
 
-class TransactionStream<Row> implements TrackedStream {
+class TransactionStream<Row> implements RunningStream {
   private ended = false;
   private stopping: Promise<void> | undefined;
   private ledger: Ledger | undefined;

@@ -12,7 +12,7 @@ const sqlDir = fileURLToPath(new URL('../../sql/', import.meta.url));
  * checksum here when it ships.
  */
 const shipped: Record<string, string> = {
-  '000001.sql': 'd4b1978b5b4d9d6dc202cd7231a0078f8d31e16c48741c9cdd4059afe94974fa',
+  '000001.sql': '70a7fc043a468a0e898a77b68f76b79a2ed0d45173cd00f3e5a9f3dbf55ad320',
   '000002.sql': 'dcbfdb005a5a826e1caa3341d1c682bff7705dd0a64d4f65f1c01f04e4c4494c',
 };
 
