@@ -16,8 +16,9 @@ export interface ConnectOptions {
   /** Rows per log query, for replay and live reads. Default 1000. */
   readonly pageSize?: number;
   /**
-   * Milliseconds between reads of a table's log when no NOTIFY arrives: the bound on
-   * delay if a notification is missed or LISTEN is down. Default 1000.
+   * Milliseconds between looks at the log when no NOTIFY arrives (one query for every
+   * idle table of this Tide together): the bound on delay if a notification is missed,
+   * LISTEN is down, or a transaction was prepared. Default 1000.
    */
   readonly pollInterval?: number;
   /**

@@ -2,7 +2,10 @@
 // many watched tables, no writes to them. Counts every query the Tide sends through a
 // counting pg.Pool passed as connect({ pool }), while an unrelated writing transaction
 // (an INSERT into a table nobody watches, same database) is held open, and while
-// nothing is open. pgtide's LISTEN connection is its own (pg-listen, not through the
+// nothing is open. In both, one more unrelated write commits once the transaction is
+// open (as on any server where anything else happens): until a later transaction
+// completes, a snapshot shows the newest xid as not yet started rather than running
+// (xid >= xmax), and a horizon-based reader would not see the open transaction at all. pgtide's LISTEN connection is its own (pg-listen, not through the
 // pool) and is not counted: it only LISTENs (and pg-listen's paranoid check, SELECT 1
 // every 10 s).
 import pg from 'pg';
@@ -38,16 +41,18 @@ export interface IdleResult {
   readonly startupQueries: number;
 }
 
+/** What a query runs, by the first of these names in it (the old reader's page query also takes a snapshot). */
+const kinds = ['read_page', 'tables_with_news', 'pg_current_snapshot', 'current_era', 'has_table_privilege', 'watched', 'consumers'];
+
 function kindOf(query: unknown): string {
   const text = typeof query === 'string' ? query : ((query as { text?: string } | null)?.text ?? '');
-  const named = /\b(read_page|tables_with_news|pg_current_snapshot|current_era|has_table_privilege|watched|consumers|prune)\b/.exec(text);
-  return named ? named[1]! : text.replace(/\s+/g, ' ').trim().slice(0, 40);
+  return kinds.find((kind) => text.includes(kind)) ?? text.replace(/\s+/g, ' ').trim().slice(0, 40);
 }
 
 export default async function idle(args: IdleArgs, _channel: Channel): Promise<IdleResult> {
   const admin = await connectedClient(args.url);
   const names = Array.from({ length: args.tables }, (_, index) => `idle_${String(index).padStart(2, '0')}`);
-  await admin.query(`${names.map((name) => createTableSql(name)).join(';\n')}; CREATE TABLE idle_other (id bigint PRIMARY KEY, note text)`);
+  await admin.query(`${names.map((name) => createTableSql(name)).join(';\n')}; CREATE TABLE idle_other (id bigint PRIMARY KEY, note text); CREATE TABLE idle_else (id bigint PRIMARY KEY)`);
 
   let queries = 0;
   let byKind = new Map<string, number>();
@@ -84,6 +89,7 @@ export default async function idle(args: IdleArgs, _channel: Channel): Promise<I
   const blocker = await connectedClient(args.url);
   const runs: IdleRun[] = [];
   let blockerRow = 0;
+  let elseRow = 0;
   const modes: IdleMode[] = ['open', 'clear'];
   for (let run = 0; run < args.runs; run += 1) {
     for (let index = 0; index < modes.length; index += 1) {
@@ -92,6 +98,7 @@ export default async function idle(args: IdleArgs, _channel: Channel): Promise<I
         await blocker.query('BEGIN');
         await blocker.query('INSERT INTO idle_other (id, note) VALUES ($1, $2)', [++blockerRow, 'held open while the Tide idles']);
       }
+      await admin.query('INSERT INTO idle_else (id) VALUES ($1)', [++elseRow]);
       await sleep(args.settleMs);
       queries = 0;
       byKind = new Map();

@@ -219,23 +219,27 @@ export async function latencyBlockedRow(server: BenchServer, settings: Settings)
   const observer = await connectedClient(url);
   const rig = await Rig.start(url, 1, maxId);
   const runs: Array<Run<BlockedMode>> = [];
-  const evidence: Array<{ xid: string; inReaderSnapshot: boolean }> = [];
+  const evidence: Array<{ xid: string; runningInBenchSnapshot: boolean }> = [];
   let subscriber: ArrivalsResult;
   let blockerRow = 0;
   try {
     const measure = async (mode: BlockedMode, durationMs: number): Promise<Run<BlockedMode>> => {
+      let xid: string | undefined;
       if (mode === 'blocked') {
         await blocker.query('BEGIN');
         await blocker.query('INSERT INTO other_rows (id, note) VALUES ($1, $2)', [++blockerRow, 'held open for the run']);
-        const { rows } = await blocker.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid');
-        // Snapshots are server-wide: the bench database's snapshot lists the other database's xid as running.
-        const seen = await observer.query<{ seen: boolean }>(
-          'SELECT EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot()) x WHERE x = $1::xid8) AS seen',
-          [rows[0]!.xid],
-        );
-        evidence.push({ xid: rows[0]!.xid, inReaderSnapshot: seen.rows[0]!.seen });
+        xid = (await blocker.query<{ xid: string }>('SELECT pg_current_xact_id()::text AS xid')).rows[0]!.xid;
       }
       const written = await rig.write(1, rate, durationMs);
+      if (xid !== undefined) {
+        // Snapshots are server-wide: once later transactions have committed, the bench
+        // database's snapshot lists the other database's transaction as running (xip).
+        const { rows } = await observer.query<{ running: boolean }>(
+          'SELECT EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot()) x WHERE x = $1::xid8) AS running',
+          [xid],
+        );
+        evidence.push({ xid, runningInBenchSnapshot: rows[0]!.running });
+      }
       // The same wait in both modes; in 'blocked' the transaction is open throughout it.
       await rig.waitFor(written.to, graceMs);
       const releasedAt = nowMs();
@@ -263,7 +267,7 @@ export async function latencyBlockedRow(server: BenchServer, settings: Settings)
   figures.push({ metric: 'delivered while it was open', unit: '%', pgtide: delivered, baselines: [] });
   const notes = rateNotes(runs, () => rate);
   if (subscriber.duplicates > 0) notes.push(`${subscriber.duplicates} change(s) arrived twice`);
-  if (evidence.some((seen) => !seen.inReaderSnapshot)) notes.push(`the unrelated transaction was not in the bench database's snapshot: ${JSON.stringify(evidence)}`);
+  if (evidence.some((seen) => !seen.runningInBenchSnapshot)) notes.push(`the unrelated transaction was not running in the bench database's snapshot: ${JSON.stringify(evidence)}`);
   const [p50, p99] = figures;
   return {
     id: 'latency-blocked',
