@@ -275,13 +275,16 @@ END
 $$;
 
 -- The wake-up, run at commit (a deferred constraint trigger on the log, once per
--- transaction and table). NOTIFY is only a hint, and it serialises committers on a
--- cluster-wide lock, so of the transactions committing at the same moment one sends it:
--- whoever gets this lock. The others hold the "pending" lock in shared mode until their
--- commit is done; a reader woken by the NOTIFY sees that lock taken and reads again
--- soon (read_page's check_pending). PREPARE TRANSACTION refuses a transaction that
--- notified, so a transaction being prepared only takes the pending lock: it is held
--- until COMMIT/ROLLBACK PREPARED.
+-- transaction and table). Every writer holds the "pending" lock in shared mode until its
+-- transaction ends: a reader that finds it taken reads again soon (read_page's
+-- check_pending). NOTIFY is only a hint, and it serialises committers on a cluster-wide
+-- lock, so of the transactions committing at the same moment one sends it: whoever gets
+-- the second lock. Two cases send none and leave it to the pending lock and the poll:
+-- PREPARE TRANSACTION (it refuses a transaction that notified; the pending lock is then
+-- held until COMMIT/ROLLBACK PREPARED), and SET CONSTRAINTS ... IMMEDIATE, which fires
+-- this before commit (sending then would hold the NOTIFY lock for the rest of the
+-- transaction, and fail a later PREPARE). current_query() is NULL at an
+-- extended-protocol Sync, which commits too.
 CREATE FUNCTION :SCHEMA.wake_readers() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -294,12 +297,12 @@ BEGIN
     RETURN NULL;
   END IF;
   PERFORM set_config(woken, 'yes', true);
-  -- current_query() is NULL at an extended-protocol Sync, which commits too.
-  IF coalesce(strpos(lower(current_query()), 'prepare transaction'), 0) = 0
-     AND pg_try_advisory_xact_lock(hashtext(:CHANNEL), NEW.relid::integer) THEN
+  PERFORM pg_advisory_xact_lock_shared(hashtext(:CHANNEL || ':pending'), NEW.relid::integer);
+  IF coalesce(current_query() ~* 'prepare\s+transaction|set\s+constraints', false) THEN
+    RETURN NULL;
+  END IF;
+  IF pg_try_advisory_xact_lock(hashtext(:CHANNEL), NEW.relid::integer) THEN
     PERFORM pg_notify(:CHANNEL, NEW.relid::text);
-  ELSE
-    PERFORM pg_advisory_xact_lock_shared(hashtext(:CHANNEL || ':pending'), NEW.relid::integer);
   END IF;
   RETURN NULL;
 END

@@ -12,7 +12,7 @@ const sqlDir = fileURLToPath(new URL('../../sql/', import.meta.url));
  * checksum here when it ships.
  */
 const shipped: Record<string, string> = {
-  '000001.sql': '70a7fc043a468a0e898a77b68f76b79a2ed0d45173cd00f3e5a9f3dbf55ad320',
+  '000001.sql': 'd1eb0d79a888a0f92bf86f7db71048d5cba9da0156a7127b48c62f5e52b73554',
   '000002.sql': 'dcbfdb005a5a826e1caa3341d1c682bff7705dd0a64d4f65f1c01f04e4c4494c',
 };
 
