@@ -26,6 +26,12 @@ export async function resolveSchemaNames(pool: Pool, name: string): Promise<Sche
 /** Runs `work` in one transaction on one pooled client. */
 export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  // A checked-out client whose backend is terminated between two statements emits
+  // 'error' with nobody listening (the pool listens only to idle ones): the next query
+  // fails instead, and the client is released as broken.
+  let broken: Error | undefined;
+  const onError = (error: Error) => (broken = error);
+  client.on('error', onError);
   try {
     await client.query('BEGIN');
     const result = await work(client);
@@ -35,7 +41,8 @@ export async function inTransaction<T>(pool: Pool, work: (client: PoolClient) =>
     await client.query('ROLLBACK').catch(() => undefined);
     throw error;
   } finally {
-    client.release();
+    client.off('error', onError);
+    client.release(broken);
   }
 }
 

@@ -49,7 +49,7 @@ describe('durability while nobody listens', () => {
     const consumer = follow(tide, 'quiet', { consumer: 'mailer', from: 'beginning' });
     await consumer.ready;
     expect(consumer.changes).toHaveLength(5);
-    const { rows } = await db.pool.query(`SELECT name, relid::regclass::text AS t FROM pgtide.consumers`);
+    const { rows } = await db.pool.query(`SELECT name, relids[1]::regclass::text AS t FROM pgtide.consumers`);
     expect(rows).toEqual([{ name: 'mailer', t: 'quiet' }]);
     for (const followed of [replay, after, consumer]) followed.unsubscribe();
   });
