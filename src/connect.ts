@@ -1,22 +1,13 @@
 import pg from 'pg';
-import { defer, filter, map, pipe, startWith, Subject, switchMap, type Observable, type OperatorFunction } from 'rxjs';
-import { stateKey, toState } from '../operators/toState.js';
-import { unwatchTable, watchTable } from './capture.js';
-import { assertColumns, describeTable, type TableInfo } from './catalog.js';
-import { changeEvents, rowIdValues, type StreamContext, type TrackedStream } from './changes.js';
-import { projectRow } from './change.js';
-import { readSnapshot } from './state.js';
-import { transactionEvents } from './transactions.js';
-import { waitForTransaction } from './waitFor.js';
+import { filter, map, pipe, Subject, type Observable, type OperatorFunction } from 'rxjs';
 import { listBlockers } from './blockers.js';
-import { listWatched, readLogStats, type LogStats, type WatchedTable } from './status.js';
+import { unwatchTable, watchTable } from './capture.js';
+import { changeEvents, type StreamContext, type TrackedStream } from './changes.js';
 import {
+  consumerPosition,
   dropConsumer,
-  expiredError,
   listConsumers,
   prune,
-  readConsumer,
-  registerConsumer,
   saveConsumerPosition,
   type ConsumerInfo,
   type PruneResult,
@@ -24,7 +15,7 @@ import {
 import { PgTideError } from './errors.js';
 import { Hub } from './hub.js';
 import { Listener } from './listener.js';
-import { LogReader, type Position } from './log.js';
+import { LogReader } from './log.js';
 import { migrate } from './migrate.js';
 import {
   parseChangesOptions,
@@ -38,6 +29,11 @@ import {
   type ConnectOptions,
 } from './options.js';
 import { classifyDatabaseError, resolveSchemaNames, type SchemaNames } from './sql.js';
+import { liveState } from './state.js';
+import { Tables } from './tables.js';
+import { listWatched, readLogStats, type LogStats, type WatchedTable } from './status.js';
+import { transactionEvents } from './transactions.js';
+import { waitForTransaction } from './waitFor.js';
 import type {
   Blocker,
   Change,
@@ -52,9 +48,6 @@ import type {
   WaitForOptions,
   WatchOptions,
 } from './types.js';
-
-/** How long (ms) a table's readability and capture check serves new subscriptions. */
-const readyFor = 1000;
 
 const consoleLogger: Logger = {
   debug: () => undefined,
@@ -112,9 +105,7 @@ export class Tide {
   private readonly hub: Hub;
   private readonly listener: Listener;
   private readonly streams = new Set<TrackedStream>();
-  private readonly prepared = new Map<string, Promise<TableInfo>>();
-  /** Readability checked and capture installed, per table and columns. */
-  private readonly ready = new Map<string, { readonly at: number; readonly done: Promise<void> }>();
+  private readonly tables: Tables;
   private readonly pageSize: number;
   private readonly acknowledgeFlushDelay: number;
   private readonly reconnectTimeout: number;
@@ -156,6 +147,7 @@ export class Tide {
       this.pruneTimer.unref();
     }
     this.reader = new LogReader(pool, names);
+    this.tables = new Tables(pool, names);
     this.hub = new Hub({
       reader: this.reader,
       logger: this.logger,
@@ -272,31 +264,7 @@ export class Tide {
     this.assertOpen();
     const name = parseTableArgument(table);
     const parsed = parseStateOptions<Row>(options);
-    const changesOptions: ChangesOptions<Row> = parsed;
-    return defer(async () => {
-      let keyValues: Record<string, unknown> | undefined;
-      const info = await this.prepare(name, parsed.columns, (described) => {
-        if (parsed.rowId !== undefined) keyValues = rowIdValues(described, parsed.rowId);
-      });
-      const snapshot = await readSnapshot(this.pool, this.names, info, keyValues).catch((error: unknown) => {
-        throw classifyDatabaseError(error, `state$('${name}')`) ?? error;
-      });
-      const keep = parsed.columns ? new Set([...info.keyColumns, ...parsed.columns]) : undefined;
-      const initial = new Map<string, Row>();
-      for (const [key, row] of snapshot.rows) {
-        const projected = keep ? projectRow(row, keep)! : row;
-        initial.set(key, parsed.schema ? parseSnapshotRow(parsed.schema, projected, info.qualified, key) : (projected as Row));
-      }
-      return { initial, resume: snapshot.resume };
-    }).pipe(
-      switchMap(({ initial, resume }) =>
-        changeEvents(this.streamContext(), name, changesOptions, resume).pipe(
-          onlyChanges(),
-          toState<Row>(stateKey, initial),
-          startWith(initial as ReadonlyMap<string, Row>),
-        ),
-      ),
-    );
+    return liveState(this.streamContext(), this.pool, this.names, name, parsed);
   }
 
   /**
@@ -314,7 +282,7 @@ export class Tide {
     this.assertOpen();
     const parsed = parseWatchOptions(options);
     const info = await watchTable(this.pool, this.names, parseTableArgument(table), parsed.columns);
-    this.forgetTables();
+    this.tables.forget();
     return (await listWatched(this.pool, this.names, info.relid))[0]!;
   }
 
@@ -338,7 +306,7 @@ export class Tide {
   async unwatch(table: string): Promise<boolean> {
     this.assertOpen();
     const removed = await unwatchTable(this.pool, this.names, parseTableArgument(table));
-    this.forgetTables();
+    this.tables.forget();
     return removed;
   }
 
@@ -427,12 +395,6 @@ export class Tide {
     if (this.ownsPool) await this.pool.end();
   }
 
-  /** Forgets what is known about tables: capture was changed through this Tide. */
-  private forgetTables(): void {
-    this.prepared.clear();
-    this.ready.clear();
-  }
-
   private assertOpen(): void {
     if (this.closed) throw new PgTideError('CLOSED', 'this Tide is closed');
   }
@@ -446,8 +408,8 @@ export class Tide {
       acknowledgeFlushDelay: this.acknowledgeFlushDelay,
       reconnectTimeout: this.reconnectTimeout,
       closed: () => this.closed,
-      prepare: (table, columns, check) => this.prepare(table, columns, check),
-      consumerPosition: (name, table, start) => this.consumerPosition(name, table, start),
+      prepare: (table, columns, check) => this.tables.prepare(table, columns, check),
+      consumerPosition: (name, tables, start) => consumerPosition(this.pool, this.names, name, tables, start),
       saveConsumerPosition: (name, position) => saveConsumerPosition(this.pool, this.names, name, position),
       track: (stream) => {
         this.streams.add(stream);
@@ -456,96 +418,6 @@ export class Tide {
     };
   }
 
-  private async prepare(
-    table: string,
-    columns: readonly string[] | undefined,
-    check: (info: TableInfo) => void,
-  ): Promise<TableInfo> {
-    const cacheKey = JSON.stringify([table, columns ?? null]);
-    let prepared = this.prepared.get(cacheKey);
-    if (!prepared) {
-      prepared = describeTable(this.pool, table);
-      this.prepared.set(cacheKey, prepared);
-    }
-    try {
-      const info = await prepared;
-      // Per subscription, and before anything is installed: its own options.
-      check(info);
-      if (columns) assertColumns(info, columns, 'columns');
-      // Per table and columns, shared by a burst of subscriptions (10k rowId streams need
-      // not ask 10k times), and asked again after a second: another process may unwatch.
-      let ready = this.ready.get(cacheKey);
-      if (!ready || Date.now() - ready.at > readyFor) {
-        ready = { at: Date.now(), done: this.assertReadable(info).then(() => this.ensureWatched(info, columns)) };
-        this.ready.set(cacheKey, ready);
-      }
-      await ready.done;
-      return info;
-    } catch (error) {
-      this.prepared.delete(cacheKey);
-      this.ready.delete(cacheKey);
-      throw error;
-    }
-  }
-
-  /**
-   * A role sees the changes of the tables it may read and no others (row-level security
-   * on the log): say so at once rather than stream nothing.
-   */
-  private async assertReadable(info: TableInfo): Promise<void> {
-    const { rows } = await this.pool.query<{ readable: boolean }>(
-      `SELECT has_table_privilege($1::oid, 'SELECT') AS readable`,
-      [info.relid],
-    );
-    if (!rows[0]?.readable) {
-      throw new PgTideError(
-        'PERMISSION_DENIED',
-        `permission denied: this role may not SELECT from ${info.qualified}, so it may not read its changes`,
-        { table: info.qualified },
-      );
-    }
-  }
-
-  /** Watches the table unless it already captures what these columns need. */
-  private async ensureWatched(info: TableInfo, columns: readonly string[] | undefined): Promise<void> {
-    const { rows } = await this.pool.query<{ columns: string[] | null }>(
-      `SELECT columns FROM ${this.names.ident}.watched WHERE relid = $1`,
-      [info.relid],
-    );
-    const current = rows[0];
-    const covered =
-      current !== undefined &&
-      (current.columns === null || (columns !== undefined && columns.every((column) => current.columns!.includes(column))));
-    if (!covered) await watchTable(this.pool, this.names, info.qualified, columns);
-  }
-
-  private async consumerPosition(name: string, tables: readonly TableInfo[], start: () => Promise<Position>): Promise<Position> {
-    const relids = tables.map((table) => table.relid);
-    let stored = await readConsumer(this.pool, this.names, name);
-    if (!stored) {
-      await registerConsumer(this.pool, this.names, name, relids, await start());
-      stored = (await readConsumer(this.pool, this.names, name))!;
-    }
-    const same = stored.relids.length === relids.length && relids.every((relid) => stored.relids.includes(relid));
-    if (!same) {
-      const named = tables.map((table) => table.qualified).join(', ');
-      throw new PgTideError(
-        'CONSUMER_TABLE_MISMATCH',
-        `consumer ${JSON.stringify(name)} follows other tables, not ${named}; consumer names are unique`,
-        { consumer: name, table: named },
-      );
-    }
-    if (stored.expiredAt) throw expiredError(name, stored.expiredAt);
-    return stored.position;
-  }
-}
-
-function parseSnapshotRow<Row>(schema: NonNullable<StateOptions<Row>['schema']>, row: RowData, table: string, key: string): Row {
-  try {
-    return schema.parse(row);
-  } catch (error) {
-    throw new PgTideError('INVALID_ROW', `row ${JSON.stringify(key)} of ${table} does not match the schema`, { table, key }, { cause: error });
-  }
 }
 
 /** Drops the `caught-up` marker: the changes of an event stream. */

@@ -1,5 +1,6 @@
 import type { Pool } from 'pg';
 import { PgTideError } from './errors.js';
+import type { TableInfo } from './catalog.js';
 import { parseSnapshot, type Position } from './log.js';
 import { inTransaction, type SchemaNames } from './sql.js';
 
@@ -194,4 +195,47 @@ export function expiredError(name: string, expiredAt: Date): PgTideError {
       'changes it had not acknowledged may be pruned. dropConsumer() it to start over',
     { consumer: name, expiredAt },
   );
+}
+
+/**
+ * A consumer's position, registering it at `start` on first use. Refuses a name that
+ * follows other tables, an expired consumer, and a position of an era this database does
+ * not have (its eras were lost, or the row came from another database): pgtide cannot
+ * tell what such a position covers, so it never guesses.
+ */
+export async function consumerPosition(
+  pool: Pool,
+  schema: SchemaNames,
+  name: string,
+  tables: readonly TableInfo[],
+  start: () => Promise<Position>,
+): Promise<Position> {
+  const relids = tables.map((table) => table.relid);
+  let stored = await readConsumer(pool, schema, name);
+  if (!stored) {
+    await registerConsumer(pool, schema, name, relids, await start());
+    stored = (await readConsumer(pool, schema, name))!;
+  }
+  const same = stored.relids.length === relids.length && relids.every((relid) => stored.relids.includes(relid));
+  if (!same) {
+    const named = tables.map((table) => table.qualified).join(', ');
+    throw new PgTideError(
+      'CONSUMER_TABLE_MISMATCH',
+      `consumer ${JSON.stringify(name)} follows other tables, not ${named}; consumer names are unique`,
+      { consumer: name, table: named },
+    );
+  }
+  if (stored.expiredAt) throw expiredError(name, stored.expiredAt);
+  const { rows } = await pool.query<{ era: number | null }>(`SELECT max(era) AS era FROM ${schema.ident}.eras`);
+  const known = rows[0]?.era ?? 0;
+  if (stored.position.era > known) {
+    throw new PgTideError(
+      'UNKNOWN_POSITION',
+      `consumer ${JSON.stringify(name)} is at a position of era ${stored.position.era}, but this database knows eras up to ${known} ` +
+        `(were ${schema.ident}.eras emptied, or the consumer copied from another database?); pgtide cannot tell what it covers. ` +
+        `dropConsumer(${JSON.stringify(name)}) and start it again from where it should`,
+      { consumer: name, era: stored.position.era, knownEras: known },
+    );
+  }
+  return stored.position;
 }

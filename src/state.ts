@@ -1,10 +1,51 @@
 import type { Pool } from 'pg';
-import { rowKeyString } from './change.js';
+import { defer, filter, map, startWith, switchMap, type Observable } from 'rxjs';
+import { stateKey, toState } from '../operators/toState.js';
+import { projectRow, rowKeyString } from './change.js';
 import type { TableInfo } from './catalog.js';
-import type { ResumePoint } from './changes.js';
+import { changeEvents, rowIdValues, type ResumePoint, type StreamContext } from './changes.js';
+import { PgTideError } from './errors.js';
 import { parseSnapshot } from './log.js';
-import { inTransaction, type SchemaNames } from './sql.js';
-import type { RowData } from './types.js';
+import { classifyDatabaseError, inTransaction, type SchemaNames } from './sql.js';
+import type { Change, RowData, StateOptions, StreamEvent } from './types.js';
+
+/**
+ * The stream behind `state$`: the rows read at one snapshot, then a new map after each
+ * change that snapshot does not hold (see {@link readSnapshot}).
+ */
+export function liveState<Row>(
+  context: StreamContext,
+  pool: Pool,
+  schema: SchemaNames,
+  table: string,
+  options: StateOptions<Row>,
+): Observable<ReadonlyMap<string, Row>> {
+  return defer(async () => {
+    let keyValues: Record<string, unknown> | undefined;
+    const info = await context.prepare(table, options.columns, (described) => {
+      if (options.rowId !== undefined) keyValues = rowIdValues(described, options.rowId);
+    });
+    const snapshot = await readSnapshot(pool, schema, info, keyValues).catch((error: unknown) => {
+      throw classifyDatabaseError(error, `state$('${table}')`) ?? error;
+    });
+    const keep = options.columns ? new Set([...info.keyColumns, ...options.columns]) : undefined;
+    const initial = new Map<string, Row>();
+    for (const [key, row] of snapshot.rows) {
+      const projected = keep ? projectRow(row, keep)! : row;
+      initial.set(key, options.schema ? parseSnapshotRow(options.schema, projected, info.qualified, key) : (projected as Row));
+    }
+    return { initial, resume: snapshot.resume };
+  }).pipe(
+    switchMap(({ initial, resume }) =>
+      changeEvents<Row>(context, table, options, resume).pipe(
+        filter((event): event is Extract<StreamEvent<Row>, { kind: 'change' }> => event.kind === 'change'),
+        map((event): Change<Row> => event.change),
+        toState<Row>(stateKey, initial),
+        startWith(initial as ReadonlyMap<string, Row>),
+      ),
+    ),
+  );
+}
 
 /** A table's rows and the log position they correspond to. */
 export interface Snapshot {
@@ -44,4 +85,12 @@ export async function readSnapshot(
     // stream goes on from there.
     return { rows: state, resume: { after: { era, base: parseSnapshot(snapshot) } } };
   });
+}
+
+function parseSnapshotRow<Row>(schema: NonNullable<StateOptions<Row>['schema']>, row: RowData, table: string, key: string): Row {
+  try {
+    return schema.parse(row);
+  } catch (error) {
+    throw new PgTideError('INVALID_ROW', `row ${JSON.stringify(key)} of ${table} does not match the schema`, { table, key }, { cause: error });
+  }
 }
