@@ -2,7 +2,8 @@ import { existsSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPostgres, type EmbeddedPostgres } from '../../src/embedded.js';
-import { connect, type Tide } from '../../src/index.js';
+import { acknowledge } from '../../operators/acknowledge.js';
+import { connect, type Tide, type Transaction } from '../../src/index.js';
 import { eventually, follow, quietLogger } from '../helpers.js';
 
 // Debian's PostgreSQL 15 server, to prove pgtide on an older major version than the
@@ -17,7 +18,9 @@ describe.runIf(existsSync(`${binDir}/postgres`))('PostgreSQL 15', () => {
   beforeAll(async () => {
     server = await startPostgres({ binDir, settings: { fsync: 'off' } });
     pool = new pg.Pool({ connectionString: server.connectionString });
-    await pool.query(`CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric NOT NULL)`);
+    await pool.query(`CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric NOT NULL);
+      CREATE TABLE transfers (id int PRIMARY KEY, amount numeric NOT NULL);
+      CREATE TABLE audit (id serial PRIMARY KEY, note text)`);
     tide = await connect({ connectionString: server.connectionString, logger: quietLogger });
   });
   afterAll(async () => {
@@ -62,5 +65,53 @@ describe.runIf(existsSync(`${binDir}/postgres`))('PostgreSQL 15', () => {
     ]);
     replay.unsubscribe();
     balances.unsubscribe();
+  });
+
+  it('delivers a REPEATABLE READ insert that re-creates a key deleted after its snapshot in commit order: state$ ends equal to the table', async () => {
+    const row = follow(tide, 'accounts', { rowId: 900 });
+    await row.ready;
+    const states: Array<ReadonlyMap<string, Record<string, unknown>>> = [];
+    const subscription = tide.state$('accounts', { rowId: 900 }).subscribe((state) => states.push(state));
+    await eventually(() => states.length > 0, 'the first state');
+    const late = new pg.Client({ connectionString: server.connectionString });
+    await late.connect();
+    await late.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+    await late.query(`INSERT INTO audit (note) VALUES ('takes a snapshot and an xid')`);
+    await pool.query(`INSERT INTO accounts VALUES (900, 'a', 0)`);
+    await pool.query(`DELETE FROM accounts WHERE id = 900`);
+    await late.query(`INSERT INTO accounts VALUES (900, 'from B', 1)`);
+    await late.query('COMMIT');
+    await late.end();
+    await eventually(() => row.changes.length === 3, 'insert, delete, insert');
+    expect(row.changes.map((change) => change.op)).toEqual(['insert', 'delete', 'insert']);
+    await eventually(() => states.at(-1)?.get('900')?.['owner'] === 'from B', 'the re-created row in state$');
+    subscription.unsubscribe();
+    row.unsubscribe();
+  });
+
+  it('transactions$ across two tables, a durable consumer of both, and waitFor', async () => {
+    const seen: Transaction[] = [];
+    const subscription = tide
+      .transactions$(['accounts', 'transfers'], { consumer: 'ledger', from: 'now' })
+      .pipe(acknowledge())
+      .subscribe((tx) => seen.push(tx));
+    await eventually(async () => (await tide.consumers()).some((consumer) => consumer.name === 'ledger'), 'registered');
+    const client = await pool.connect();
+    await client.query('BEGIN');
+    await client.query(`INSERT INTO transfers VALUES (1, 5)`);
+    await client.query(`UPDATE accounts SET balance = balance - 5 WHERE id = 1`);
+    await client.query(`INSERT INTO audit (note) VALUES ('not followed')`);
+    const { rows } = await client.query<{ txid: string }>('SELECT pg_current_xact_id()::text AS txid');
+    await client.query('COMMIT');
+    client.release();
+    await tide.waitFor(rows[0]!.txid);
+    await eventually(() => seen.length === 1, 'the transaction');
+    expect(seen[0]).toMatchObject({ txid: rows[0]!.txid, tables: ['accounts', 'transfers'] });
+    expect(seen[0]!.changes.map((change) => [change.table, change.op])).toEqual([
+      ['transfers', 'insert'],
+      ['accounts', 'update'],
+    ]);
+    await eventually(async () => (await tide.consumers()).find((consumer) => consumer.name === 'ledger')?.lagChanges === 0, 'acknowledged');
+    subscription.unsubscribe();
   });
 });
