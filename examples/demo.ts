@@ -37,6 +37,7 @@ events.subscribe((event) => {
     void write();
     return;
   }
+  if (event.kind !== 'change') return;
   const { op, key, changed, old: before, new: after } = event.change;
   const detail =
     op === 'update'

@@ -1,18 +1,18 @@
 import type { TableInfo } from './catalog.js';
 import type { LogRow } from './log.js';
 import type { ZodType } from 'zod';
-import type { Change, Operation, RowData } from './types.js';
+import type { Change, Operation, RowData, SchemaChange } from './types.js';
 
-const operations: Record<LogRow['op'], Operation> = { i: 'insert', u: 'update', d: 'delete' };
+const operations: Record<Exclude<LogRow['op'], 's'>, Operation> = { i: 'insert', u: 'update', d: 'delete', t: 'truncate' };
 
-/** Builds the public change from a log row. */
+/** Builds the public change from a log row (not a schema change: see `toSchemaChange`). */
 export function toChange(row: LogRow, table: TableInfo): Change {
-  const op = operations[row.op];
+  const op = operations[row.op as Exclude<LogRow['op'], 's'>];
   const after = row.new ?? undefined;
   const before = row.old ?? undefined;
-  const keySource = (after ?? before)!;
+  const keySource = after ?? before;
   const key: Record<string, unknown> = {};
-  for (const column of table.keyColumns) key[column] = keySource[column];
+  if (keySource) for (const column of table.keyColumns) key[column] = keySource[column];
   return {
     id: row.id,
     txid: row.txid,
@@ -22,9 +22,27 @@ export function toChange(row: LogRow, table: TableInfo): Change {
     key,
     new: after,
     old: before,
-    changed: row.changed ?? columnsOf(keySource, table),
+    changed: row.changed ?? (keySource ? columnsOf(keySource, table) : []),
     committedAt: new Date(row.written_ms),
   };
+}
+
+/** Builds the schema-change event of an 's' log row, given its shape's columns. */
+export function toSchemaChange(table: TableInfo, columns: readonly string[]): SchemaChange {
+  return { kind: 'schema', schema: table.schema, table: table.name, columns };
+}
+
+/** A log row as streams take it: a change, or a schema change of the table. */
+export type LogItem = Change | SchemaChange;
+
+/** Builds what a log row stands for. */
+export function toItem(row: LogRow, table: TableInfo, columnsOf: (shape: number) => readonly string[]): LogItem {
+  return row.op === 's' ? toSchemaChange(table, columnsOf(row.shape!)) : toChange(row, table);
+}
+
+/** Whether an item is a schema change (not a change). */
+export function isSchemaChange(item: LogItem): item is SchemaChange {
+  return (item as SchemaChange).kind === 'schema';
 }
 
 /**

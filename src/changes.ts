@@ -1,6 +1,6 @@
 import { Observable, type Subscriber } from 'rxjs';
 import { assertColumns, type TableInfo } from './catalog.js';
-import { rowKeyString, selectColumns, toChange, withRowSchema } from './change.js';
+import { isSchemaChange, rowKeyString, selectColumns, toItem, withRowSchema, type LogItem } from './change.js';
 import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import type { FeedMember, Hub } from './hub.js';
@@ -95,7 +95,7 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
   private deliveredUpTo: Position | undefined;
   private feed: ReturnType<Hub['feed']> | undefined;
   /** Rows the feed handed over while the gap before them was still being read. */
-  private buffered: Array<[Change, Position]> | undefined;
+  private buffered: Array<[LogItem, Position]> | undefined;
   private ended = false;
   private stopping: Promise<void> | undefined;
   private caughtUp = false;
@@ -163,20 +163,20 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
     return this.stopping;
   }
 
-  receive(change: Change, position: Position): void {
+  receive(item: LogItem, position: Position): void {
     if (this.buffered) {
-      this.buffered.push([change, position]);
+      this.buffered.push([item, position]);
       return;
     }
     const seen = this.deliveredUpTo;
     if (seen) {
       if (position.era > seen.era || (position.era === seen.era && atOrAfter(position.base, seen.base))) {
         this.deliveredUpTo = undefined;
-      } else if (isDelivered(seen, position.era, BigInt(change.txid), BigInt(change.id))) {
+      } else if (!isSchemaChange(item) && isDelivered(seen, position.era, BigInt(item.txid), BigInt(item.id))) {
         return;
       }
     }
-    this.emit(change, position);
+    this.emit(item, position);
     // A slow consumer leaves the shared feed and reads at its own pace from its cursor.
     if (this.ledger && this.ledger.inFlight >= this.maxInFlight && this.feed) {
       this.detach();
@@ -279,9 +279,9 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
       }
       const buffered = this.buffered;
       this.buffered = undefined;
-      for (const [change, position] of buffered) {
+      for (const [item, position] of buffered) {
         if (this.feed !== feed) break;
-        this.receive(change, position);
+        this.receive(item, position);
       }
     } else {
       if (joinAt !== cursor) this.deliveredUpTo = cursor;
@@ -298,7 +298,7 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
     const info = this.info!;
     for (let index = 0; index < page.rows.length; index += 1) {
       if (this.ended) return false;
-      this.emit(toChange(page.rows[index]!, info), page.positions[index]!);
+      this.emit(toItem(page.rows[index]!, info, this.columnsOf), page.positions[index]!);
     }
     if (this.ended) return false;
     if (page.next !== this.cursor) {
@@ -308,9 +308,17 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
     return true;
   }
 
-  private emit(change: Change, position: Position): void {
+  private readonly columnsOf = (shape: number) => this.context.reader.decoder.shape(shape).columns;
+
+  private emit(item: LogItem, position: Position): void {
     // Update state before emitting: a subscriber may unsubscribe from inside next().
     this.cursor = position;
+    if (isSchemaChange(item)) {
+      this.ledger?.pass(position);
+      this.subscriber.next(item);
+      return;
+    }
+    const change = item;
     const selected = this.select!(change);
     if (!selected) {
       this.ledger?.pass(position);
@@ -368,6 +376,8 @@ function selector<Row>(
   const watched = options.field !== undefined ? [options.field] : options.columns;
   const keep = watched ? new Set([...info.keyColumns, ...watched]) : undefined;
   return (change) => {
+    // A TRUNCATE removes every row: each stream of the table hears of it.
+    if (change.op === 'truncate') return change;
     if (rowKey !== undefined && rowKeyString(info.keyColumns, change.key) !== rowKey) return undefined;
     return watched && keep ? selectColumns(change, watched, keep) : change;
   };

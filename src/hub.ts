@@ -1,14 +1,14 @@
 import type { TableInfo } from './catalog.js';
-import { rowKeyString, toChange } from './change.js';
+import { isSchemaChange, rowKeyString, toItem, type LogItem } from './change.js';
 import { lostConnection, readPages } from './pages.js';
 import type { LogReader, Position } from './log.js';
-import type { Change, Logger } from './types.js';
+import type { Logger } from './types.js';
 
 /** A stream attached to a table's shared feed. */
 export interface FeedMember {
   /** When set, the member only wants rows with this key (see `rowKeyString`). */
   readonly rowKey?: string;
-  receive(change: Change, position: Position): void;
+  receive(item: LogItem, position: Position): void;
   /** The feed gave up (the database stayed unreachable): the member errors. */
   fail(error: unknown): void;
 }
@@ -142,7 +142,7 @@ export class TableFeed {
           stopped: () => this.stopped,
           deliver: (page) => {
             for (let index = 0; index < page.rows.length; index += 1) {
-              this.dispatch(toChange(page.rows[index]!, this.table), page.positions[index]!);
+              this.dispatch(toItem(page.rows[index]!, this.table, this.columnsOf), page.positions[index]!);
             }
             this.cursor = page.next;
             if (!this.cursor.upto) for (const wake of this.readWaiters.splice(0)) wake();
@@ -173,11 +173,18 @@ export class TableFeed {
     }
   }
 
-  private dispatch(change: Change, position: Position): void {
-    for (const member of this.everyRow) member.receive(change, position);
+  private readonly columnsOf = (shape: number) => this.settings.reader.decoder.shape(shape).columns;
+
+  private dispatch(item: LogItem, position: Position): void {
+    for (const member of this.everyRow) member.receive(item, position);
     if (this.byKey.size === 0) return;
-    const members = this.byKey.get(rowKeyString(this.table.keyColumns, change.key));
-    if (members) for (const member of members) member.receive(change, position);
+    if (isSchemaChange(item) || item.op === 'truncate') {
+      // Every row's stream hears of it.
+      for (const members of this.byKey.values()) for (const member of members) member.receive(item, position);
+      return;
+    }
+    const members = this.byKey.get(rowKeyString(this.table.keyColumns, item.key));
+    if (members) for (const member of members) member.receive(item, position);
   }
 }
 

@@ -9,6 +9,7 @@ export type {
   Logger,
   Operation,
   RowData,
+  SchemaChange,
   StartFrom,
   StateOptions,
   StreamEvent,

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Pool } from 'pg';
+import { RowDecoder } from './decode.js';
 import type { SchemaNames } from './sql.js';
 import type { RowData } from './types.js';
 
@@ -52,14 +53,16 @@ export interface Position {
   readonly afterId?: bigint;
 }
 
-/** A log row as read from the database, with the era it was read in. */
+/** A log row as read from the database, its rows decoded. */
 export interface LogRow {
   readonly id: string;
   readonly txid: string;
-  readonly op: 'i' | 'u' | 'd';
+  /** Insert, update, delete, truncate, or a schema change ('s': `shape` says the columns). */
+  readonly op: 'i' | 'u' | 'd' | 't' | 's';
   readonly changed: string[] | null;
   readonly new: RowData | null;
   readonly old: RowData | null;
+  readonly shape: number | null;
   /** `written_at` as epoch milliseconds: parsing timestamps is a tenth of replay's CPU. */
   readonly written_ms: number;
 }
@@ -95,12 +98,15 @@ export class LogReader {
   private readonly newsQuery: string;
   private readonly nowQuery: string;
   private readonly idQuery: string;
+  /** Reads logged rows as the pool's own queries would return them. */
+  readonly decoder: RowDecoder;
 
   constructor(
     private readonly pool: Pool,
     schema: SchemaNames,
   ) {
-    this.pageQuery = `SELECT * FROM ${schema.ident}.read_page($1, $2, $3, $4, $5, $6, $7)`;
+    this.decoder = new RowDecoder(pool, schema);
+    this.pageQuery = `SELECT * FROM ${schema.ident}.read_batch($1, $2, $3, $4, $5, $6, $7)`;
     this.pageQueryName = preparedName(this.pageQuery);
     this.newsQuery = `SELECT array(SELECT relid::int8 FROM ${schema.ident}.tables_with_news($1::oid[], $2::pg_snapshot[]) relid)::text[] AS relids,
                              (SELECT max(era) FROM ${schema.ident}.eras) AS era`;
@@ -116,7 +122,7 @@ export class LogReader {
    * `checkPending` asks whether writers are still committing (live reads).
    */
   async next(relid: number, position: Position, limit: number, checkPending = false): Promise<LogPage> {
-    const { rows } = await this.pool.query<LogRow & { snapshot: string; closed: boolean; pending: boolean }>({
+    const { rows } = await this.pool.query<RawRow & { snapshot: string; closed: boolean; pending: boolean }>({
       name: this.pageQueryName,
       text: this.pageQuery,
       values: [
@@ -130,7 +136,7 @@ export class LogReader {
       ],
     });
     const first = rows[0]!;
-    const found = first.id === null ? [] : (rows as LogRow[]);
+    const found = first.id === null ? [] : await this.decode(rows);
     const upto = position.upto ?? parseSnapshot(first.snapshot);
     if (!first.closed && !position.upto && upto.xmax < position.base.xmax) {
       // The xid counter went back (a failover to a standby that had not replayed
@@ -177,6 +183,17 @@ export class LogReader {
     return { era: from.era, rows, next, pending };
   }
 
+  private async decode(rows: readonly RawRow[]): Promise<LogRow[]> {
+    const shapes = new Set<number>();
+    for (const row of rows) if (row.shape !== null) shapes.add(row.shape);
+    await this.decoder.load(shapes);
+    return rows.map((row) => ({
+      ...row,
+      new: this.decoder.decode(row.new, row.shape),
+      old: this.decoder.decode(row.old, row.shape),
+    }));
+  }
+
   /** The position after everything committed so far ("now"). */
   async now(): Promise<Position> {
     const { rows } = await this.pool.query<{ snapshot: string; era: number }>(this.nowQuery);
@@ -214,6 +231,9 @@ export class LogReader {
     return news;
   }
 }
+
+/** A log row as the database returns it: rows as record text (json before schema version 3). */
+type RawRow = Omit<LogRow, 'new' | 'old'> & { readonly new: string | null; readonly old: string | null };
 
 /** A batch of several tables (see `LogReader.batch`). */
 export interface Batch {

@@ -170,6 +170,7 @@ class TransactionStream<Row> implements RunningStream {
     const byTxid = new Map<string, { changes: Change<Row>[]; tables: Set<number>; last: number }>();
     let order = 0;
     for (const { relid, row } of batch.rows) {
+      if (row.op === 's') continue;
       const info = infos.find((candidate) => candidate.relid === relid)!;
       let change: Change<Row>;
       try {

@@ -1,7 +1,10 @@
 import type { ZodType } from 'zod';
 
-/** The kind of row change a {@link Change} describes. */
-export type Operation = 'insert' | 'update' | 'delete';
+/**
+ * The kind of change a {@link Change} describes. `truncate`: the whole table was emptied
+ * (TRUNCATE); such a change has no key and no rows, and every row before it is gone.
+ */
+export type Operation = 'insert' | 'update' | 'delete' | 'truncate';
 
 /** A row as pgtide delivers it when no row schema is given: column name to JSON value. */
 export type RowData = Record<string, unknown>;
@@ -22,13 +25,13 @@ export interface Change<Row = RowData> {
   readonly table: string;
   /** What happened to the row. */
   readonly op: Operation;
-  /** The row's primary key, column name to value. */
+  /** The row's primary key, column name to value (empty for `truncate`). */
   readonly key: Record<string, unknown>;
   /** The row after the change (insert, update). */
   readonly new?: Row;
   /** The row before the change (update, delete). */
   readonly old?: Row;
-  /** Columns whose value differs; every column for insert and delete. */
+  /** Columns whose stored value differs; every column for insert and delete; none for truncate. */
   readonly changed: readonly string[];
   /**
    * When the writing statement ran (`clock_timestamp()` in the capture trigger).
@@ -143,7 +146,24 @@ export type StreamEvent<Row = RowData> =
        * change that commits from here on is delivered.
        */
       readonly kind: 'caught-up';
-    };
+    }
+  | SchemaChange;
+
+/**
+ * A watched table's columns changed (added, dropped, renamed or retyped), in order with
+ * the changes around it: changes after it carry the new columns. Emitted by `events$`
+ * where pgtide follows DDL (installed by a superuser: event triggers).
+ */
+export interface SchemaChange {
+  /** Always `schema`. */
+  readonly kind: 'schema';
+  /** Schema of the table. */
+  readonly schema: string;
+  /** Name of the table. */
+  readonly table: string;
+  /** Its columns now, in table order. */
+  readonly columns: readonly string[];
+}
 
 /** An open or prepared transaction, as `tide.blockers()` reports it. */
 export interface Blocker {

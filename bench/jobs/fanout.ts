@@ -1,3 +1,4 @@
+import type { StreamEvent } from '../../src/types.js';
 // Fan-out: N observables of one table on one Tide, each following a different row
 // (rowId), or one observable of the whole table (the baseline). A writer in this process
 // updates one row per statement at a steady rate, always a row that exactly one
@@ -61,9 +62,9 @@ export default async function fanout(args: FanoutArgs, _channel: Channel): Promi
   const subscriptions = new Subscription();
   const start = nowMs();
   let caughtUp = 0;
-  const onEvent = (event: { kind: 'change'; change: { new?: { quota: number } } } | { kind: 'caught-up' }) => {
+  const onEvent = (event: StreamEvent<{ quota: number }>) => {
     if (event.kind === 'caught-up') caughtUp += 1;
-    else arrive(Number(event.change.new!.quota) - args.valueBase);
+    else if (event.kind === 'change') arrive(Number(event.change.new!.quota) - args.valueBase);
   };
   if (args.observers === 1) {
     subscriptions.add(tide.events$<{ quota: number }>(args.table).subscribe(onEvent));

@@ -71,7 +71,7 @@ describe('resume after a crash', () => {
     const second = await tideWith();
     const again = await firstValueFrom(
       second.events$('unsaved_jobs', { consumer: 'unsaved' }).pipe(
-        filter((event) => event.kind === 'caught-up' || event.change.key['id'] === 100),
+        filter((event) => event.kind === 'caught-up' || (event.kind === 'change' && event.change.key['id'] === 100)),
         take(1),
       ),
     );

@@ -76,7 +76,7 @@ describe('an application role with grant_consumer', () => {
         `SELECT count(*)::int AS n FROM pgtide.log WHERE relid = 'secrets'::regclass`,
       );
       const viaFunction = await direct.query(
-        `SELECT count(id)::int AS n FROM pgtide.read_page('secrets'::regclass, 1, '3:3:', NULL, NULL, 100, false)`,
+        `SELECT count(id)::int AS n FROM pgtide.read_batch('secrets'::regclass, 1, '3:3:', NULL, NULL, 100, false)`,
       );
       await direct.end();
       expect(rows[0].n).toBe(0);
@@ -138,7 +138,7 @@ describe('what other roles see', () => {
       `SELECT p.proname, p.proconfig FROM pg_proc p
         WHERE p.pronamespace = 'pgtide'::regnamespace AND p.prosecdef ORDER BY 1`,
     );
-    expect(pinned.map((row) => row.proname)).toEqual(['capture', 'current_era', 'follow_ddl', 'wake_readers']);
+    expect(pinned.map((row) => row.proname)).toEqual(['capture', 'capture_truncate', 'current_era', 'follow_ddl', 'wake_readers']);
     for (const row of pinned) expect(row.proconfig).toContain('search_path=pg_catalog, pg_temp');
   });
 

@@ -83,6 +83,7 @@ function record(tide: Tide, table: string): Recorded {
   const subscription = tide.events$(table).subscribe({
     next: (event) => {
       if (event.kind === 'caught-up') return caughtUp();
+      if (event.kind !== 'change') return;
       const id = Number(event.change.key['id']);
       recorded.ids.push(id);
       recorded.at.set(id, performance.now());
@@ -116,9 +117,9 @@ class CountingPool extends pg.Pool {
     this.byKind.clear();
   }
 
-  /** Queries that read the change log: pages (`read_page`) and the poll (`tables_with_news`). */
+  /** Queries that read the change log: pages (`read_batch`) and the poll (`tables_with_news`). */
   get logQueries(): number {
-    return (this.byKind.get('read_page') ?? 0) + (this.byKind.get('tables_with_news') ?? 0);
+    return (this.byKind.get('read_batch') ?? 0) + (this.byKind.get('tables_with_news') ?? 0);
   }
 
   summary(): string {
@@ -127,7 +128,7 @@ class CountingPool extends pg.Pool {
 
   note(query: unknown): void {
     const text = typeof query === 'string' ? query : ((query as { text?: string } | undefined)?.text ?? '');
-    const kind = text.includes('read_page') ? 'read_page' : text.includes('tables_with_news') ? 'tables_with_news' : 'other';
+    const kind = text.includes('read_batch') ? 'read_batch' : text.includes('tables_with_news') ? 'tables_with_news' : 'other';
     this.total += 1;
     this.byKind.set(kind, (this.byKind.get(kind) ?? 0) + 1);
   }

@@ -60,7 +60,7 @@ describe('a handler slower than the writers', () => {
     let fastCaughtUp = false;
     const follower = tide.events$(table).subscribe((event) => {
       if (event.kind === 'caught-up') fastCaughtUp = true;
-      else fast.deliver(event.change.key['id'] as number, event.change.new!['seq'] as number);
+      else if (event.kind === 'change') fast.deliver(event.change.key['id'] as number, event.change.new!['seq'] as number);
     });
     await eventually(() => caughtUp && fastCaughtUp, 'both caught up');
 

@@ -1,0 +1,588 @@
+-- pgtide schema, version 3: capture every write, with its values exactly as stored.
+
+-- A logged row is its record text: each column as PostgreSQL prints it (the type's
+-- output function), which the reader decodes with the application's own type parsers,
+-- as if it had selected the row. A shape says which columns, of which types (domains as
+-- their base type, as the wire reports them), a logged row has; DDL makes a new one.
+CREATE TABLE :SCHEMA.shapes (
+  id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  relid oid NOT NULL,
+  columns text[] NOT NULL,
+  types oid[] NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Rows logged before version 3 keep their json text and no shape.
+ALTER TABLE :SCHEMA.log
+  DROP CONSTRAINT log_op_check,
+  -- 't': TRUNCATE of the whole table; 's': its columns changed (the shape says how).
+  ADD CONSTRAINT log_op_check CHECK (op IN ('i', 'u', 'd', 't', 's')),
+  ALTER COLUMN new TYPE text USING new::text,
+  ALTER COLUMN old TYPE text USING old::text,
+  ADD COLUMN shape integer;
+
+ALTER TABLE :SCHEMA.watched ADD COLUMN shape integer;
+
+-- Every relation whose writes are captured: a watched table, and each partition of a
+-- watched partitioned table (written to directly, a partition fires only its own
+-- triggers). Changes are logged under the watched table, in its shape.
+CREATE TABLE :SCHEMA.routes (
+  relid oid PRIMARY KEY,
+  parent oid NOT NULL,
+  -- The parent's shape, which this relation's rows are logged in.
+  shape integer NOT NULL,
+  -- The statements capture() runs for this relation; insert/delete NULL for the watched
+  -- table itself, which capture() logs with a static (plan-cached) statement.
+  insert_sql text,
+  delete_sql text,
+  update_sql text NOT NULL
+);
+
+-- The shape of a relation's rows now: the latest one with these columns and types.
+CREATE FUNCTION :SCHEMA.shape_of(rel regclass)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  names text[];
+  kinds oid[];
+  found integer;
+BEGIN
+  SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(coalesce(nullif(t.typbasetype, 0), t.oid) ORDER BY a.attnum)
+    INTO names, kinds
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+   WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+  SELECT s.id INTO found FROM :SCHEMA.shapes s
+   WHERE s.relid = rel AND s.columns = names AND s.types = kinds ORDER BY s.id DESC LIMIT 1;
+  IF found IS NULL THEN
+    INSERT INTO :SCHEMA.shapes (relid, columns, types) VALUES (rel, names, kinds) RETURNING id INTO found;
+  END IF;
+  RETURN found;
+END
+$$;
+
+-- The capture statements of one relation (`rel`, the watched table `parent` or one of
+-- its partitions) for one operation. Rows are logged as record text in the parent's
+-- column order, under the parent's oid and shape. An update is a change when a value's
+-- stored image differs, not only when `=` says so (numeric 1.0 -> 1.000, jsonb
+-- {"a":1} -> {"a":1.00}, 'alice' -> 'ALICE' under a nondeterministic collation): each
+-- column is compared with IS DISTINCT FROM where the type's btree equality implies
+-- equal images (btequalimage), and by image (record_image_ne) otherwise. A row whose key
+-- changed appears as a delete of the old key and an insert of the new one.
+CREATE FUNCTION :SCHEMA.capture_sql(rel regclass, parent regclass, op text, key_columns text[], watched_columns text[], shape integer)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  row_of_n text;
+  row_of_o text;
+  join_on text;
+  changed_list text;
+  watched_test text;
+  first_key text := quote_ident(key_columns[1]);
+  wake text := 'CASE WHEN row_number() OVER () = 1 THEN true END';
+BEGIN
+  IF rel = parent THEN
+    row_of_n := 'ROW(n.*)::text';
+    row_of_o := 'ROW(o.*)::text';
+  ELSE
+    SELECT 'ROW(' || string_agg(format('n.%I', a.attname), ', ' ORDER BY a.attnum) || ')::text',
+           'ROW(' || string_agg(format('o.%I', a.attname), ', ' ORDER BY a.attnum) || ')::text'
+      INTO row_of_n, row_of_o
+      FROM pg_attribute a WHERE a.attrelid = parent AND a.attnum > 0 AND NOT a.attisdropped;
+  END IF;
+  IF op = 'insert' THEN
+    RETURN format('INSERT INTO %s.log (txid, relid, op, new, shape, written_at, wake) SELECT $1, %s::oid, ''i'', %s, %s, $2, %s FROM new_rows n',
+                  :SCHEMA_LITERAL_IDENT, parent::oid, row_of_n, shape, wake);
+  ELSIF op = 'delete' THEN
+    RETURN format('INSERT INTO %s.log (txid, relid, op, old, shape, written_at, wake) SELECT $1, %s::oid, ''d'', %s, %s, $2, %s FROM old_rows o',
+                  :SCHEMA_LITERAL_IDENT, parent::oid, row_of_o, shape, wake);
+  END IF;
+
+  WITH cols AS (
+    SELECT a.attname::text AS name, a.attnum AS ord,
+           EXISTS (
+             SELECT FROM pg_opclass oc
+               JOIN pg_am am ON am.oid = oc.opcmethod
+               JOIN pg_amproc ap ON ap.amprocfamily = oc.opcfamily AND ap.amprocnum = 4
+                                AND ap.amproclefttype = oc.opcintype AND ap.amprocrighttype = oc.opcintype
+              WHERE am.amname = 'btree' AND oc.opcdefault
+                AND oc.opcintype = coalesce(nullif(t.typbasetype, 0), t.oid)
+                AND (ap.amproc = 'btequalimage'::regproc
+                     OR (ap.amproc = 'btvarstrequalimage'::regproc
+                         AND coalesce((SELECT c.collisdeterministic FROM pg_collation c WHERE c.oid = a.attcollation), true)))
+           ) AS image_equal
+      FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+  ), tests AS (
+    SELECT name, ord,
+           CASE WHEN image_equal THEN format('n.%1$I IS DISTINCT FROM o.%1$I', name)
+                ELSE format('record_image_ne(ROW(n.%1$I), ROW(o.%1$I))', name) END AS differs
+      FROM cols
+  )
+  SELECT
+    string_agg(format('CASE WHEN %s THEN %L END', differs, name), ', ' ORDER BY ord),
+    string_agg(differs, ' OR ' ORDER BY ord) FILTER (WHERE watched_columns IS NULL OR name = ANY (watched_columns))
+  INTO changed_list, watched_test
+  FROM tests;
+  -- Every watched column was dropped: only key changes (delete + insert) remain.
+  watched_test := coalesce(watched_test, 'false');
+  SELECT string_agg(format('n.%1$I = o.%1$I', k), ' AND ') INTO join_on FROM unnest(key_columns) k;
+
+  RETURN format(
+    $f$INSERT INTO %1$s.log (txid, relid, op, changed, new, old, shape, written_at, wake)
+SELECT $1, %2$s::oid,
+  CASE WHEN o.%3$s IS NULL THEN 'i' WHEN n.%3$s IS NULL THEN 'd' ELSE 'u' END::"char",
+  CASE WHEN o.%3$s IS NOT NULL AND n.%3$s IS NOT NULL THEN array_remove(ARRAY[%4$s]::text[], NULL) END,
+  CASE WHEN n.%3$s IS NOT NULL THEN %7$s END,
+  CASE WHEN o.%3$s IS NOT NULL THEN %8$s END,
+  %9$s, $2, %10$s
+FROM old_rows o FULL JOIN new_rows n ON %5$s
+WHERE o.%3$s IS NULL OR n.%3$s IS NULL OR %6$s$f$,
+    :SCHEMA_LITERAL_IDENT, parent::oid, first_key, changed_list, join_on, watched_test, row_of_n, row_of_o, shape, wake);
+END
+$$;
+
+-- The one capture function behind every captured relation's row-changing triggers.
+CREATE OR REPLACE FUNCTION :SCHEMA.capture() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  xid xid8;
+  written timestamptz;
+  route :SCHEMA.routes;
+BEGIN
+  -- A statement that changed no row must not give a read-only transaction an xid.
+  IF TG_OP = 'INSERT' THEN
+    PERFORM FROM new_rows LIMIT 1;
+  ELSE
+    PERFORM FROM old_rows LIMIT 1;
+  END IF;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  IF coalesce(current_setting('pgtide.era_' || :SCHEMA_KEY, true), '') = '' THEN
+    PERFORM :SCHEMA.current_era();
+  END IF;
+  SELECT r.* INTO route FROM :SCHEMA.routes r WHERE r.relid = TG_RELID;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'pgtide: % has capture triggers but is not in %.routes', TG_RELID::regclass, :CHANNEL
+      USING HINT = 'watch the table again (tide.watch), or drop its pgtide triggers (tide.unwatch)';
+  END IF;
+  xid := pg_current_xact_id();
+  written := clock_timestamp();
+  IF TG_OP = 'INSERT' AND route.insert_sql IS NULL THEN
+    INSERT INTO :SCHEMA.log (txid, relid, op, new, shape, written_at, wake)
+      SELECT xid, TG_RELID, 'i', ROW(n.*)::text, route.shape, written, CASE WHEN row_number() OVER () = 1 THEN true END
+        FROM new_rows n;
+  ELSIF TG_OP = 'DELETE' AND route.delete_sql IS NULL THEN
+    INSERT INTO :SCHEMA.log (txid, relid, op, old, shape, written_at, wake)
+      SELECT xid, TG_RELID, 'd', ROW(o.*)::text, route.shape, written, CASE WHEN row_number() OVER () = 1 THEN true END
+        FROM old_rows o;
+  ELSIF TG_OP = 'INSERT' THEN
+    EXECUTE route.insert_sql USING xid, written;
+  ELSIF TG_OP = 'DELETE' THEN
+    EXECUTE route.delete_sql USING xid, written;
+  ELSE
+    EXECUTE route.update_sql USING xid, written;
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- TRUNCATE is a change too. A watched table's AFTER TRUNCATE logs one 't' (a consumer
+-- clears what it holds of the table). A partition truncated on its own logs, BEFORE,
+-- a delete of each of its rows under the parent, since the parent's other rows stay;
+-- truncated as part of its parent, it leaves that to the parent's 't'.
+CREATE FUNCTION :SCHEMA.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  route :SCHEMA.routes;
+  through_parent text;
+BEGIN
+  SELECT r.* INTO route FROM :SCHEMA.routes r WHERE r.relid = TG_RELID;
+  IF NOT FOUND THEN
+    RETURN NULL;
+  END IF;
+  IF coalesce(current_setting('pgtide.era_' || :SCHEMA_KEY, true), '') = '' THEN
+    PERFORM :SCHEMA.current_era();
+  END IF;
+  through_parent := 'pgtide.truncating_' || :SCHEMA_KEY || '_' || route.parent::text;
+  IF TG_WHEN = 'BEFORE' THEN
+    IF route.relid = route.parent THEN
+      PERFORM set_config(through_parent, 'yes', true);
+    ELSIF coalesce(current_setting(through_parent, true), '') <> 'yes' THEN
+      EXECUTE format('INSERT INTO %s.log (txid, relid, op, old, shape, written_at, wake)
+                      SELECT $1, %s::oid, ''d'', %s, %s, clock_timestamp(), CASE WHEN row_number() OVER () = 1 THEN true END
+                        FROM %s o',
+                     :SCHEMA_LITERAL_IDENT, route.parent::oid,
+                     (SELECT 'ROW(' || string_agg(format('o.%I', a.attname), ', ' ORDER BY a.attnum) || ')::text'
+                        FROM pg_attribute a WHERE a.attrelid = route.parent AND a.attnum > 0 AND NOT a.attisdropped),
+                     route.shape, TG_RELID::regclass)
+        USING pg_current_xact_id();
+    END IF;
+  ELSIF route.relid = route.parent THEN
+    INSERT INTO :SCHEMA.log (txid, relid, op, written_at, wake)
+      VALUES (pg_current_xact_id(), TG_RELID, 't', clock_timestamp(), true);
+    PERFORM set_config(through_parent, '', true);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- Install (or widen) capture for one table, and for each of its partitions. Callers
+-- validate first for friendly errors; this re-checks under the table's lock so a
+-- concurrent ALTER cannot slip in between. Triggers are enabled ALWAYS: they fire
+-- under session_replication_role = replica too (pg_restore --disable-triggers, logical
+-- replication apply, bulk loaders). Only ALTER TABLE ... DISABLE TRIGGER stops them.
+CREATE OR REPLACE FUNCTION :SCHEMA.watch(rel regclass, watch_columns text[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  keys text[];
+  merged text[];
+  existing :SCHEMA.watched;
+  shape integer;
+  previous_shape integer;
+  member regclass;
+  trigger_prefix text := :CHANNEL || '_capture_';
+  op text;
+BEGIN
+  -- Held to commit: no concurrent ALTER TABLE can change the key or columns under us.
+  EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel);
+  SELECT array_agg(a.attname::text ORDER BY k.ord) INTO keys
+  FROM pg_index i
+  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+  WHERE i.indrelid = rel AND i.indisprimary;
+  IF keys IS NULL THEN
+    RAISE EXCEPTION 'table % has no primary key', rel USING ERRCODE = 'PT001';
+  END IF;
+
+  SELECT * INTO existing FROM :SCHEMA.watched w WHERE w.relid = rel FOR UPDATE;
+  IF FOUND AND (existing.columns IS NULL OR watch_columns IS NULL) THEN
+    merged := NULL;
+  ELSIF FOUND THEN
+    SELECT array_agg(DISTINCT c ORDER BY c) INTO merged FROM unnest(existing.columns || watch_columns) c;
+  ELSE
+    SELECT array_agg(DISTINCT c ORDER BY c) INTO merged FROM unnest(watch_columns) c;
+  END IF;
+  previous_shape := existing.shape;
+  shape := :SCHEMA.shape_of(rel);
+
+  INSERT INTO :SCHEMA.watched AS w (relid, schema_name, table_name, key_columns, columns, update_sql, shape)
+  SELECT rel, n.nspname, c.relname, keys, merged, :SCHEMA.capture_sql(rel, rel, 'update', keys, merged, shape), shape
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.oid = rel
+  ON CONFLICT (relid) DO UPDATE
+    SET schema_name = excluded.schema_name, table_name = excluded.table_name,
+        key_columns = excluded.key_columns, columns = excluded.columns,
+        update_sql = excluded.update_sql, shape = excluded.shape;
+
+  -- Partitions that left the table stop being captured as part of it.
+  FOR member IN SELECT r.relid::regclass FROM :SCHEMA.routes r
+                 WHERE r.parent = rel AND r.relid <> rel
+                   AND r.relid NOT IN (SELECT t.relid FROM pg_partition_tree(rel) t) LOOP
+    PERFORM :SCHEMA.drop_capture(member);
+  END LOOP;
+
+  FOR member IN SELECT t.relid FROM pg_partition_tree(rel) t
+                  JOIN pg_class c ON c.oid = t.relid WHERE c.relkind IN ('r', 'p')
+                 UNION SELECT rel LOOP
+    INSERT INTO :SCHEMA.routes AS r (relid, parent, shape, insert_sql, delete_sql, update_sql)
+    VALUES (member, rel, shape,
+            CASE WHEN member <> rel THEN :SCHEMA.capture_sql(member, rel, 'insert', keys, merged, shape) END,
+            CASE WHEN member <> rel THEN :SCHEMA.capture_sql(member, rel, 'delete', keys, merged, shape) END,
+            :SCHEMA.capture_sql(member, rel, 'update', keys, merged, shape))
+    ON CONFLICT (relid) DO UPDATE
+      SET parent = excluded.parent, shape = excluded.shape, insert_sql = excluded.insert_sql, delete_sql = excluded.delete_sql,
+          update_sql = excluded.update_sql;
+    -- Version 2 refused TRUNCATE; now it is captured.
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trigger_prefix || 'truncate', member);
+    IF NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = member AND t.tgname = trigger_prefix || 'insert') THEN
+      EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %s.capture()',
+        trigger_prefix || 'insert', member, :SCHEMA_LITERAL_IDENT);
+      EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %s.capture()',
+        trigger_prefix || 'update', member, :SCHEMA_LITERAL_IDENT);
+      EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %s.capture()',
+        trigger_prefix || 'delete', member, :SCHEMA_LITERAL_IDENT);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = member AND t.tgname = trigger_prefix || 'truncate_before') THEN
+      EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s.capture_truncate()',
+        trigger_prefix || 'truncate_before', member, :SCHEMA_LITERAL_IDENT);
+      EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s.capture_truncate()',
+        trigger_prefix || 'truncate_after', member, :SCHEMA_LITERAL_IDENT);
+    END IF;
+    FOR op IN SELECT t.tgname FROM pg_trigger t
+               WHERE t.tgrelid = member AND t.tgenabled <> 'A'
+                 AND t.tgname IN (SELECT trigger_prefix || o
+                                    FROM unnest(ARRAY['insert', 'update', 'delete', 'truncate_before', 'truncate_after']) o) LOOP
+      EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', member, op);
+    END LOOP;
+  END LOOP;
+
+  -- Streams learn of new columns in order with the changes around them.
+  IF previous_shape IS NOT NULL AND previous_shape <> shape THEN
+    INSERT INTO :SCHEMA.log (txid, relid, op, shape, written_at, wake)
+      VALUES (pg_current_xact_id(), rel, 's', shape, clock_timestamp(), true);
+  END IF;
+END
+$$;
+
+-- Removes capture from one relation (a watched table or a partition of one).
+CREATE FUNCTION :SCHEMA.drop_capture(rel regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  trigger_prefix text := :CHANNEL || '_capture_';
+  op text;
+BEGIN
+  FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate', 'truncate_before', 'truncate_after'] LOOP
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trigger_prefix || op, rel);
+  END LOOP;
+  DELETE FROM :SCHEMA.routes r WHERE r.relid = rel;
+END
+$$;
+
+-- Remove capture from one table and its partitions. Its changes already in the log stay
+-- until pruned.
+CREATE OR REPLACE FUNCTION :SCHEMA.unwatch(rel regclass)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  member regclass;
+BEGIN
+  FOR member IN SELECT r.relid::regclass FROM :SCHEMA.routes r WHERE r.parent = rel UNION SELECT rel LOOP
+    PERFORM :SCHEMA.drop_capture(member);
+  END LOOP;
+  DELETE FROM :SCHEMA.watched w WHERE w.relid = rel;
+  RETURN FOUND;
+END
+$$;
+
+-- Follows DDL: after ALTER TABLE on a watched table (or on a partition of one, or
+-- ATTACH/DETACH, or CREATE TABLE ... PARTITION OF) the table is watched again, which
+-- regenerates its statements, captures new partitions and logs a new shape; a change
+-- that removes the primary key is refused; a dropped table leaves the registry.
+CREATE OR REPLACE FUNCTION :SCHEMA.follow_ddl() RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  w record;
+  following text := 'pgtide.following_ddl_' || :SCHEMA_KEY;
+BEGIN
+  -- watch() itself alters tables (ENABLE ALWAYS TRIGGER): do not follow our own steps.
+  IF coalesce(current_setting(following, true), '') = 'yes' THEN
+    RETURN;
+  END IF;
+  IF TG_EVENT = 'sql_drop' THEN
+    DELETE FROM :SCHEMA.routes r
+     WHERE r.relid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
+    DELETE FROM :SCHEMA.watched ws
+     WHERE ws.relid IN (SELECT d.objid FROM pg_event_trigger_dropped_objects() d
+                         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0);
+    RETURN;
+  END IF;
+  FOR w IN
+    SELECT DISTINCT ws.relid, ws.columns FROM :SCHEMA.watched ws
+     WHERE ws.relid IN (
+       SELECT c.objid FROM pg_event_trigger_ddl_commands() c WHERE c.classid = 'pg_class'::regclass
+       UNION SELECT r.parent FROM :SCHEMA.routes r
+              WHERE r.relid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() c WHERE c.classid = 'pg_class'::regclass)
+       UNION SELECT a.relid FROM pg_event_trigger_ddl_commands() c
+              CROSS JOIN LATERAL pg_partition_ancestors(c.objid) a
+              WHERE c.classid = 'pg_class'::regclass)
+  LOOP
+    PERFORM set_config(following, 'yes', true);
+    BEGIN
+      PERFORM :SCHEMA.watch(w.relid::regclass, w.columns);
+    EXCEPTION WHEN SQLSTATE 'PT001' THEN
+      RAISE EXCEPTION 'pgtide watches table %, which needs a primary key', w.relid::regclass
+        USING HINT = 'unwatch the table first (tide.unwatch), or keep a primary key';
+    END;
+    PERFORM set_config(following, '', true);
+  END LOOP;
+END
+$$;
+
+-- The event triggers follow CREATE TABLE too now (a new partition of a watched table).
+DO $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    EXECUTE format('DROP EVENT TRIGGER IF EXISTS %I', :CHANNEL || '_follow_alter');
+    EXECUTE format('CREATE EVENT TRIGGER %I ON ddl_command_end WHEN TAG IN (''ALTER TABLE'', ''CREATE TABLE'') EXECUTE FUNCTION %s.follow_ddl()',
+      :CHANNEL || '_follow_alter', :SCHEMA_LITERAL_IDENT);
+  END IF;
+END
+$$;
+
+-- The wake-up fires under every session_replication_role too.
+ALTER TABLE :SCHEMA.log ENABLE ALWAYS TRIGGER wake_readers;
+
+-- One page of a batch, as version 1's read_page, with rows as record text and their shape.
+CREATE FUNCTION :SCHEMA.read_batch(rel oid, era integer, base pg_snapshot, upto pg_snapshot, after_id bigint,
+                                   page_size integer, check_pending boolean)
+RETURNS TABLE (snapshot text, closed boolean, pending boolean, id bigint, txid xid8, op "char",
+               changed text[], new text, old text, shape integer, written_ms float8)
+LANGUAGE plpgsql
+VOLATILE
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET enable_sort = off
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  writers_committing boolean := false;
+BEGIN
+  IF check_pending THEN
+    IF pg_try_advisory_lock(hashtext(:CHANNEL || ':pending'), rel::integer) THEN
+      PERFORM pg_advisory_unlock(hashtext(:CHANNEL || ':pending'), rel::integer);
+    ELSE
+      writers_committing := true;
+    END IF;
+  END IF;
+  RETURN QUERY
+    WITH bounds AS (
+      SELECT coalesce((SELECT e.first_id FROM :SCHEMA.eras e WHERE e.era = read_batch.era), 1) AS lo,
+             (SELECT min(e.first_id) FROM :SCHEMA.eras e WHERE e.era > read_batch.era) AS hi
+    ),
+    batch AS (
+      SELECT b.lo, coalesce(b.hi, 9223372036854775807) AS hi, b.hi IS NOT NULL AS closed,
+             coalesce(upto, CASE WHEN b.hi IS NOT NULL THEN '9223372036854775807:9223372036854775807:'::pg_snapshot END,
+                      pg_current_snapshot()) AS s
+        FROM bounds b
+    ),
+    start AS (
+      SELECT CASE
+        WHEN after_id IS NOT NULL THEN after_id
+        WHEN pg_snapshot_xmax(base) <= '3'::xid8 THEN batch.lo - 1
+        ELSE least(
+          (SELECT min(c.id) FROM :SCHEMA.log c
+            WHERE c.relid = rel AND c.txid >= pg_snapshot_xmax(base) AND c.id >= batch.lo AND c.id < batch.hi),
+          (SELECT min(c.id) FROM :SCHEMA.log c
+            WHERE c.relid = rel AND c.txid IN (SELECT pg_snapshot_xip(base)) AND c.id >= batch.lo AND c.id < batch.hi)
+        ) - 1
+      END AS after
+      FROM batch
+    )
+    SELECT batch.s::text, batch.closed, writers_committing, l.id, l.txid, l.op, l.changed, l.new, l.old, l.shape,
+           (extract(epoch FROM l.written_at) * 1000)::float8
+      FROM batch CROSS JOIN start
+      LEFT JOIN LATERAL (
+        SELECT * FROM :SCHEMA.log p
+         WHERE p.relid = rel AND p.id > start.after AND p.id >= batch.lo AND p.id < batch.hi
+           AND NOT pg_visible_in_snapshot(p.txid, base) AND pg_visible_in_snapshot(p.txid, batch.s)
+         ORDER BY p.id
+         LIMIT page_size
+      ) l ON true;
+END
+$$;
+
+-- read_page returned the rows as json: its roles may call read_batch, and it goes.
+DO $$
+DECLARE
+  grantee regrole;
+BEGIN
+  FOR grantee IN
+    SELECT DISTINCT a.grantee::regrole
+      FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
+     WHERE p.oid = (:SCHEMA_LITERAL_IDENT || '.read_page')::regproc AND a.privilege_type = 'EXECUTE'
+       AND a.grantee <> 0 AND a.grantee <> p.proowner
+  LOOP
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean) TO %s',
+      :SCHEMA_LITERAL_IDENT, grantee);
+    EXECUTE format('GRANT SELECT ON %s.shapes TO %s', :SCHEMA_LITERAL_IDENT, grantee);
+  END LOOP;
+END
+$$;
+DROP FUNCTION :SCHEMA.read_page(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean);
+DROP FUNCTION :SCHEMA.update_capture_sql(regclass, text[], text[]);
+
+-- What an application role needs (see version 2), for this version's functions.
+CREATE OR REPLACE FUNCTION :SCHEMA.grant_consumer(grantee regrole)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  EXECUTE format('GRANT USAGE ON SCHEMA %s TO %s', :SCHEMA_LITERAL_IDENT, grantee);
+  EXECUTE format('GRANT SELECT ON %1$s.migrations, %1$s.watched, %1$s.eras, %1$s.shapes TO %2$s', :SCHEMA_LITERAL_IDENT, grantee);
+  EXECUTE format('GRANT SELECT, DELETE ON %s.log TO %s', :SCHEMA_LITERAL_IDENT, grantee);
+  EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s.consumers TO %s', :SCHEMA_LITERAL_IDENT, grantee);
+  EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean), '
+    '%1$s.tables_with_news(oid[], pg_snapshot[]), %1$s.delivered(integer, pg_snapshot, pg_snapshot, bigint, integer, xid8, bigint), '
+    '%1$s.era_of(bigint), %1$s.current_era() TO %2$s', :SCHEMA_LITERAL_IDENT, grantee);
+END
+$$;
+
+-- A restored dump: the tables whose registered oid now names no relation, or another
+-- one, while a table of the registered name exists.
+CREATE OR REPLACE FUNCTION :SCHEMA.restored_tables()
+RETURNS TABLE (old_relid oid, new_relid oid, columns text[])
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT w.relid, r.oid, w.columns
+    FROM :SCHEMA.watched w
+   CROSS JOIN LATERAL (SELECT to_regclass(format('%I.%I', w.schema_name, w.table_name))::oid AS oid) r
+   WHERE r.oid IS NOT NULL AND r.oid <> w.relid
+     AND NOT EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.oid = w.relid AND c.relname = w.table_name AND n.nspname = w.schema_name)
+$$;
+
+-- As in version 1, and the restored tables' routes go too (an old oid may be another
+-- relation's now); watching them again makes new ones.
+CREATE OR REPLACE FUNCTION :SCHEMA.follow_restored_tables()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  olds oid[];
+  news oid[];
+  moved record;
+BEGIN
+  SELECT array_agg(r.old_relid), array_agg(r.new_relid) INTO olds, news FROM :SCHEMA.restored_tables() r;
+  IF olds IS NULL THEN
+    RETURN;
+  END IF;
+  UPDATE :SCHEMA.log l SET relid = m.new FROM unnest(olds, news) AS m(old, new) WHERE l.relid = m.old;
+  UPDATE :SCHEMA.consumers c
+     SET relids = (SELECT array_agg(coalesce(m.new, u.relid) ORDER BY u.ord)
+                     FROM unnest(c.relids) WITH ORDINALITY AS u(relid, ord)
+                     LEFT JOIN unnest(olds, news) AS m(old, new) ON m.old = u.relid)
+   WHERE c.relids && olds;
+  UPDATE :SCHEMA.shapes s SET relid = m.new FROM unnest(olds, news) AS m(old, new) WHERE s.relid = m.old;
+  DELETE FROM :SCHEMA.routes r WHERE r.parent = ANY (olds);
+  FOR moved IN DELETE FROM :SCHEMA.watched w USING unnest(olds, news) AS m(old, new)
+                WHERE w.relid = m.old RETURNING m.new, w.columns
+  LOOP
+    PERFORM :SCHEMA.watch(moved.new::regclass, moved.columns);
+  END LOOP;
+END
+$$;
+
+-- Tables watched under version 2 get routes, shapes and the new triggers.
+SELECT :SCHEMA.watch(w.relid::regclass, w.columns) FROM :SCHEMA.watched w;
+DROP FUNCTION :SCHEMA.refuse_truncate();
+
+REVOKE ALL ON ALL TABLES IN SCHEMA :SCHEMA FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA :SCHEMA FROM PUBLIC;

@@ -1,0 +1,121 @@
+import pg from 'pg';
+import type { Pool } from 'pg';
+import { PgTideError } from './errors.js';
+import type { SchemaNames } from './sql.js';
+import type { RowData } from './types.js';
+
+/** Turns a column's text, as PostgreSQL prints it, into the value `pg` would return. */
+type TextParser = (text: string) => unknown;
+
+/** The columns of a logged row and how to read each (see `<schema>.shapes`). */
+export interface Shape {
+  readonly id: number;
+  readonly columns: readonly string[];
+  readonly types: readonly number[];
+}
+
+/**
+ * Reads logged rows back as the application's pool would return them: record text (each
+ * column as its type's output function prints it) split into fields, then each field
+ * parsed by the pool's own type parser for the column's type (`types` pool option, or
+ * `pg.types`, including parsers the application registered). One decoder per shape,
+ * built once from the catalog's type oids.
+ */
+export class RowDecoder {
+  private readonly shapes = new Map<number, { readonly shape: Shape; readonly parsers: readonly TextParser[] }>();
+  private readonly getTypeParser: (oid: number) => TextParser;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly schema: SchemaNames,
+  ) {
+    const custom = (pool.options as { types?: { getTypeParser(oid: number, format: 'text'): TextParser } }).types;
+    this.getTypeParser = (oid) => (custom ?? pg.types).getTypeParser(oid, 'text') as TextParser;
+  }
+
+  /** Makes sure these shapes are known (one query for all that are missing). */
+  async load(ids: Iterable<number>): Promise<void> {
+    const missing = [...new Set(ids)].filter((id) => !this.shapes.has(id));
+    if (missing.length === 0) return;
+    const { rows } = await this.pool.query<{ id: number; columns: string[]; types: string[] }>(
+      `SELECT id, columns, types::int8[]::text[] AS types FROM ${this.schema.ident}.shapes WHERE id = ANY ($1::int[])`,
+      [missing],
+    );
+    for (const row of rows) {
+      const shape: Shape = { id: row.id, columns: row.columns, types: row.types.map(Number) };
+      this.shapes.set(row.id, { shape, parsers: shape.types.map((oid) => this.getTypeParser(oid)) });
+    }
+  }
+
+  /** The shape with this id (after `load`). */
+  shape(id: number): Shape {
+    const known = this.shapes.get(id);
+    if (!known) throw new PgTideError('CONNECTION_LOST', `pgtide: row shape ${id} is not in the shapes table`, { shape: id });
+    return known.shape;
+  }
+
+  /** A logged row: record text in its shape, or (rows logged before schema version 3, no shape) json. */
+  decode(text: string | null, shapeId: number | null): RowData | null {
+    if (text === null) return null;
+    if (shapeId === null) return JSON.parse(text) as RowData;
+    const known = this.shapes.get(shapeId)!;
+    const fields = parseRecord(text);
+    const { columns } = known.shape;
+    if (fields.length !== columns.length) {
+      throw new PgTideError(
+        'INVALID_ROW',
+        `pgtide: a logged row has ${fields.length} columns, its shape ${shapeId} ${columns.length}; ` +
+          'the table was altered without pgtide following (watch() it again after ALTER TABLE when pgtide is not installed by a superuser)',
+        { shape: shapeId },
+      );
+    }
+    const row: RowData = {};
+    for (let index = 0; index < columns.length; index += 1) {
+      const field = fields[index]!;
+      row[columns[index]!] = field === null ? null : known.parsers[index]!(field);
+    }
+    return row;
+  }
+}
+
+/**
+ * Splits a record's text output, `(a,"b c",,"x""y")`, into its fields: unquoted text, a
+ * quoted one with `""` and `\\` unescaped, or null for an empty unquoted field.
+ */
+export function parseRecord(text: string): Array<string | null> {
+  const fields: Array<string | null> = [];
+  const end = text.length - 1; // the closing parenthesis
+  let index = 1;
+  for (;;) {
+    if (text.charCodeAt(index) === 34 /* " */) {
+      let value = '';
+      let from = index + 1;
+      for (let at = from; ; at += 1) {
+        const code = text.charCodeAt(at);
+        if (code === 92 /* \ */) {
+          value += text.slice(from, at);
+          from = at + 1;
+          at += 1;
+        } else if (code === 34) {
+          value += text.slice(from, at);
+          if (text.charCodeAt(at + 1) === 34) {
+            from = at + 1;
+            at += 1;
+          } else {
+            index = at + 1;
+            break;
+          }
+        }
+      }
+      fields.push(value);
+    } else {
+      let at = index;
+      while (at < end && text.charCodeAt(at) !== 44 /* , */) at += 1;
+      fields.push(at === index ? null : text.slice(index, at));
+      index = at;
+    }
+    if (index >= end) break;
+    index += 1; // the comma
+  }
+  return fields;
+}
