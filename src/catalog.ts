@@ -11,6 +11,8 @@ export interface TableInfo {
   readonly qualified: string;
   readonly columns: readonly string[];
   readonly keyColumns: readonly string[];
+  /** The key columns' SQL types (`format_type`, typmod included), to read a `rowId` on the server's terms. */
+  readonly keyTypes: readonly string[];
 }
 
 /**
@@ -58,6 +60,7 @@ export async function describeTable(pool: Pool, table: string): Promise<TableInf
     relkind: string;
     columns: string[];
     key_columns: string[] | null;
+    key_types: string[] | null;
   }>(
     `SELECT c.oid::int8 AS relid, n.nspname AS schema, c.relname AS name, c.relkind,
             format('%I.%I', n.nspname, c.relname) AS qualified,
@@ -67,7 +70,12 @@ export async function describeTable(pool: Pool, table: string): Promise<TableInf
                FROM pg_index i
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indrelid = c.oid AND i.indisprimary) AS key_columns
+              WHERE i.indrelid = c.oid AND i.indisprimary) AS key_columns,
+            (SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
+               FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = c.oid AND i.indisprimary) AS key_types
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relname = $2
         AND CASE WHEN $1::text IS NULL THEN pg_table_is_visible(c.oid) ELSE n.nspname = $1::text END`,
@@ -97,7 +105,39 @@ export async function describeTable(pool: Pool, table: string): Promise<TableInf
     qualified: row.qualified,
     columns: row.columns,
     keyColumns: row.key_columns,
+    keyTypes: row.key_types!,
   };
+}
+
+/** Key types whose values compare in JavaScript as the server compares them (given as numbers or strings). */
+const plainKeyTypes = new Set(['integer', 'smallint', 'bigint', 'text', 'character varying']);
+
+/**
+ * A `rowId`'s key values as the pool returns them for the row (so `'12.5'` finds the
+ * numeric key 12.50, a `Date` or ISO string a timestamptz key, any case a uuid key):
+ * the server casts each to its key column's type. Integers and text need no round trip.
+ */
+export async function canonicalKey(pool: Pool, info: TableInfo, values: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const plain = info.keyColumns.every(
+    (column, index) =>
+      plainKeyTypes.has(info.keyTypes[index]!) &&
+      (typeof values[column] === 'string' || (typeof values[column] === 'number' && Number.isSafeInteger(values[column]))),
+  );
+  if (plain) return values;
+  const select = info.keyColumns.map((column, index) => `CAST($${index + 1} AS ${info.keyTypes[index]}) AS c${index}`).join(', ');
+  try {
+    const { rows } = await pool.query<Record<string, unknown>>(`SELECT ${select}`, info.keyColumns.map((column) => values[column]));
+    const canonical: Record<string, unknown> = {};
+    info.keyColumns.forEach((column, index) => (canonical[column] = rows[0]![`c${index}`]));
+    return canonical;
+  } catch (error) {
+    throw new PgTideError(
+      'INVALID_OPTIONS',
+      `rowId: not a key of ${info.qualified} (${info.keyTypes.join(', ')}): ${String(error)}`,
+      { option: 'rowId', table: info.qualified },
+      { cause: error },
+    );
+  }
 }
 
 /** Raises `UNKNOWN_COLUMN` for the first of `columns` the table does not have. */

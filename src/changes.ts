@@ -20,6 +20,8 @@ export interface StreamContext {
    * watches it if needed.
    */
   prepare(table: string, columns: readonly string[] | undefined, check: (info: TableInfo) => void): Promise<TableInfo>;
+  /** A `rowId`'s key values as the pool returns them (see `canonicalKey`). */
+  canonicalKey(table: TableInfo, values: Record<string, unknown>): Promise<Record<string, unknown>>;
   /** The consumer's cursor, registering it at `start` on first use. */
   consumerPosition(name: string, tables: readonly TableInfo[], start: () => Promise<Position>): Promise<Position>;
   /** Writes a consumer's processed position. */
@@ -116,12 +118,14 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
 
   async run(): Promise<void> {
     try {
+      let keyValues: Record<string, unknown> | undefined;
       const info = await this.context.prepare(this.table, this.options.columns, (described) => {
-        if (this.options.rowId !== undefined) {
-          this.rowKey = rowKeyString(described.keyColumns, rowIdValues(described, this.options.rowId));
-        }
-        this.select = selector(described, this.options, this.rowKey);
+        if (this.options.rowId !== undefined) keyValues = rowIdValues(described, this.options.rowId);
+        // Checks `field` against the table before anything is installed.
+        selector(described, this.options, undefined);
       });
+      if (keyValues) this.rowKey = rowKeyString(info.keyColumns, await this.context.canonicalKey(info, keyValues));
+      this.select = selector(info, this.options, this.rowKey);
       this.info = info;
       this.cursor = await this.startPosition(info);
       const consumer = this.options.consumer;

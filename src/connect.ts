@@ -2,6 +2,7 @@ import pg from 'pg';
 import { filter, map, pipe, Subject, type Observable, type OperatorFunction } from 'rxjs';
 import { listBlockers } from './blockers.js';
 import { unwatchTable, watchTable } from './capture.js';
+import { canonicalKey } from './catalog.js';
 import { changeEvents, type StreamContext, type TrackedStream } from './changes.js';
 import {
   consumerPosition,
@@ -409,6 +410,7 @@ export class Tide {
       reconnectTimeout: this.reconnectTimeout,
       closed: () => this.closed,
       prepare: (table, columns, check) => this.tables.prepare(table, columns, check),
+      canonicalKey: (table, values) => canonicalKey(this.pool, table, values),
       consumerPosition: (name, tables, start) => consumerPosition(this.pool, this.names, name, tables, start),
       saveConsumerPosition: (name, position) => saveConsumerPosition(this.pool, this.names, name, position),
       track: (stream) => {

@@ -75,12 +75,10 @@ export async function readSnapshot(
     );
     const { snapshot, era, filter } = snapshotRows[0]!;
     const values = rowKeyValues ? table.keyColumns.map((column) => rowKeyValues[column]) : [];
-    const { rows } = await client.query<{ row: RowData }>(
-      `SELECT row_to_json(t.*) AS row FROM ${table.qualified} t${filter ? ` WHERE ${filter}` : ''}`,
-      values,
-    );
+    // SELECT *, so the rows carry the values the pool's own queries return, as changes do.
+    const { rows } = await client.query<RowData>(`SELECT * FROM ${table.qualified} t${filter ? ` WHERE ${filter}` : ''}`, values);
     const state = new Map<string, RowData>();
-    for (const { row } of rows) state.set(rowKeyString(table.keyColumns, row), row);
+    for (const row of rows) state.set(rowKeyString(table.keyColumns, row), row);
     // The rows hold exactly the changes of the transactions visible in this snapshot: the
     // stream goes on from there.
     return { rows: state, resume: { after: { era, base: parseSnapshot(snapshot) } } };

@@ -2,8 +2,9 @@ import { isDeepStrictEqual } from 'node:util';
 import type { Change, Operation, RowData } from '../types.js';
 
 /**
- * Options of the change builders {@link insert}, {@link update} and {@link del}; every
- * field has a default.
+ * Options of the change builders {@link insert}, {@link update}, {@link del} and
+ * {@link truncate} (which takes only `id`, `txid` and `committedAt`); every field has a
+ * default.
  *
  * @example
  * ```ts
@@ -135,10 +136,46 @@ export function del<Row extends object = RowData>(table: string, row: Row, optio
   return build(table, 'delete', row, undefined, row, options, Object.keys(row));
 }
 
+/**
+ * Builds the {@link Change} a `TRUNCATE` of `table` produces: it has no row, so `key` is
+ * `{}`, `changed` is `[]`, and there is no `new` and no `old`. Every row of the table
+ * before it is gone; real streams deliver it to every stream of the table, `rowId` and
+ * `field` streams included, and so does `createTestTide()`.
+ *
+ * @example
+ * ```ts
+ * import { truncate } from 'pgtide/testing';
+ *
+ * const change = truncate('billing.invoices', { id: 9 });
+ * console.log(change.id, change.schema, change.table, change.op, change.key, change.changed);
+ * // Logs:
+ * // 9 billing invoices truncate {} []
+ * ```
+ * @param table - `'name'` (schema `public`) or `'schema.name'`.
+ * @param options - `id`, `txid`, `committedAt`.
+ * @returns a complete change with an empty key and no rows.
+ */
+export function truncate<Row extends object = RowData>(
+  table: string,
+  options: Pick<ChangeOptions, 'id' | 'txid' | 'committedAt'> = {},
+): Change<Row> {
+  return build<Row>(table, 'truncate', {}, undefined, undefined, { ...pick(options), key: [], changed: [] }, []);
+}
+
 /** @internal Splits `'schema.name'` (or `'name'`, schema `public`) at its first dot. */
 export function splitTable(table: string): { readonly schema: string; readonly name: string } {
   const dot = table.indexOf('.');
   return dot === -1 ? { schema: 'public', name: table } : { schema: table.slice(0, dot), name: table.slice(dot + 1) };
+}
+
+/** The options `truncate` honours (a plain `ChangeOptions` object may carry others). */
+function pick(options: ChangeOptions): ChangeOptions {
+  const { id, txid, committedAt } = options;
+  return {
+    ...(id === undefined ? {} : { id }),
+    ...(txid === undefined ? {} : { txid }),
+    ...(committedAt === undefined ? {} : { committedAt }),
+  };
 }
 
 function columnsOf(row: object): Readonly<Record<string, unknown>> {
@@ -148,7 +185,7 @@ function columnsOf(row: object): Readonly<Record<string, unknown>> {
 function build<Row extends object>(
   table: string,
   op: Operation,
-  keySource: Row,
+  keySource: object,
   after: Row | undefined,
   before: Row | undefined,
   options: ChangeOptions,

@@ -4,7 +4,7 @@
  *
  * @packageDocumentation
  */
-export { del, insert, resetChangeIds, TEST_COMMITTED_AT, update } from './builders.js';
+export { del, insert, resetChangeIds, TEST_COMMITTED_AT, truncate, update } from './builders.js';
 export type { ChangeOptions } from './builders.js';
 export { createTestTide } from './testTide.js';
 export type { Acknowledgement, TestTide } from './testTide.js';

@@ -41,7 +41,7 @@ export interface Acknowledgement {
 export interface TestTide {
   /**
    * Sets what `changes$(table)` emits: usually a marble `hot()` or `cold()` Observable
-   * of changes built with `insert`, `update` and `del`. Each subscription of
+   * of changes built with `insert`, `update`, `del` and `truncate`. Each subscription of
    * `changes$(table)` subscribes to it; setting it again affects later subscriptions.
    *
    * @example
@@ -61,9 +61,13 @@ export interface TestTide {
    *   each change: compare with marbles or `toEqual`, not `toBe`. A new subscription
    *   starts at the consumer's processed position; nothing is replayed.
    * - `rowId`: only changes whose key equals it (a value for a one-column key, or an
-   *   object of key columns). Numbers, bigints and strings compare by their text.
+   *   object of key columns), and every truncate. Numbers, bigints and strings compare
+   *   by their text.
    * - `columns` (or `field`): updates that changed none of them are dropped; `new` and
-   *   `old` keep the key columns plus these.
+   *   `old` keep the key columns plus these. A truncate passes as it is.
+   *
+   * As in a real stream, a truncate (which removes every row) reaches every stream of
+   * its table.
    * - `from`, `maxInFlight` and `schema` are ignored.
    *
    * Without `consumer`, `rowId`, `columns` and `field`, the source's changes pass through
@@ -258,6 +262,8 @@ function selector(options: ChangesOptions<unknown>): (change: Change<unknown>) =
   const { rowId } = options;
   const watched = options.field !== undefined ? [options.field] : options.columns;
   return (change) => {
+    // A TRUNCATE removes every row: each stream of the table hears of it, as in src/changes.ts.
+    if (change.op === 'truncate') return change;
     if (rowId !== undefined && !isRow(change.key, rowId)) return undefined;
     if (watched === undefined) return change;
     return selectColumns(change, watched, new Set([...Object.keys(change.key), ...watched]));
