@@ -147,6 +147,15 @@ END
 $$;
 
 -- The one capture function behind every captured relation's row-changing triggers.
+--
+-- Per-row order with the application's own triggers: an AFTER ROW trigger of a statement
+-- runs before that statement's capture, so what it writes (say, the same row again) would
+-- be logged first. So a capture run inside a trigger (pg_trigger_depth() > 1) notes the
+-- first log id it wrote for the statement one level up, and that statement's capture,
+-- after logging its own rows, moves what was logged since below its own rows' ids to
+-- after them (same transaction, same order among themselves). A BEFORE STATEMENT trigger
+-- (mark_statement) clears the note at the start of each statement, so only writes made
+-- during the statement are moved.
 CREATE OR REPLACE FUNCTION :SCHEMA.capture() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -156,6 +165,10 @@ DECLARE
   xid xid8;
   written timestamptz;
   route :SCHEMA.routes;
+  depth integer := pg_trigger_depth();
+  nested_note text := 'pgtide.nested_' || :SCHEMA_KEY || '_' || depth;
+  nested_first bigint;
+  own_first bigint;
 BEGIN
   -- A statement that changed no row must not give a read-only transaction an xid.
   IF TG_OP = 'INSERT' THEN
@@ -174,8 +187,13 @@ BEGIN
     RAISE EXCEPTION 'pgtide: % has capture triggers but is not in %.routes', TG_RELID::regclass, :CHANNEL
       USING HINT = 'watch the table again (tide.watch), or drop its pgtide triggers (tide.unwatch)';
   END IF;
+  nested_first := nullif(current_setting(nested_note, true), '')::bigint;
   xid := pg_current_xact_id();
   written := clock_timestamp();
+  IF depth > 1 OR nested_first IS NOT NULL THEN
+    -- Ids from here on are this statement's (the sequence hands them out in order).
+    own_first := nextval(pg_get_serial_sequence(:SCHEMA_LITERAL_IDENT || '.log', 'id'));
+  END IF;
   IF TG_OP = 'INSERT' AND route.insert_sql IS NULL THEN
     INSERT INTO :SCHEMA.log (txid, relid, op, new, shape, written_at, wake)
       SELECT xid, TG_RELID, 'i', ROW(n.*)::text, route.shape, written, CASE WHEN row_number() OVER () = 1 THEN true END
@@ -190,6 +208,33 @@ BEGIN
     EXECUTE route.delete_sql USING xid, written;
   ELSE
     EXECUTE route.update_sql USING xid, written;
+  END IF;
+  IF nested_first IS NOT NULL THEN
+    WITH moved AS (
+      DELETE FROM :SCHEMA.log l WHERE l.txid = xid AND l.id >= nested_first AND l.id < own_first RETURNING l.*
+    )
+    INSERT INTO :SCHEMA.log (txid, relid, op, changed, new, old, shape, written_at, wake)
+      SELECT m.txid, m.relid, m.op, m.changed, m.new, m.old, m.shape, m.written_at, m.wake FROM moved m ORDER BY m.id;
+    PERFORM set_config(nested_note, '', true);
+  END IF;
+  IF depth > 1 AND coalesce(current_setting('pgtide.nested_' || :SCHEMA_KEY || '_' || (depth - 1), true), '') = '' THEN
+    PERFORM set_config('pgtide.nested_' || :SCHEMA_KEY || '_' || (depth - 1), own_first::text, true);
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- The start of a statement on a captured relation: forget notes of earlier statements
+-- at this depth (see capture()).
+CREATE FUNCTION :SCHEMA.mark_statement() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  note text := 'pgtide.nested_' || :SCHEMA_KEY || '_' || pg_trigger_depth();
+BEGIN
+  IF coalesce(current_setting(note, true), '') <> '' THEN
+    PERFORM set_config(note, '', true);
   END IF;
   RETURN NULL;
 END
@@ -317,6 +362,10 @@ BEGIN
       EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %s.capture()',
         trigger_prefix || 'delete', member, :SCHEMA_LITERAL_IDENT);
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = member AND t.tgname = trigger_prefix || 'begin') THEN
+      EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OR DELETE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s.mark_statement()',
+        trigger_prefix || 'begin', member, :SCHEMA_LITERAL_IDENT);
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = member AND t.tgname = trigger_prefix || 'truncate_before') THEN
       EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s.capture_truncate()',
         trigger_prefix || 'truncate_before', member, :SCHEMA_LITERAL_IDENT);
@@ -326,7 +375,7 @@ BEGIN
     FOR op IN SELECT t.tgname FROM pg_trigger t
                WHERE t.tgrelid = member AND t.tgenabled <> 'A'
                  AND t.tgname IN (SELECT trigger_prefix || o
-                                    FROM unnest(ARRAY['insert', 'update', 'delete', 'truncate_before', 'truncate_after']) o) LOOP
+                                    FROM unnest(ARRAY['begin', 'insert', 'update', 'delete', 'truncate_before', 'truncate_after']) o) LOOP
       EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', member, op);
     END LOOP;
   END LOOP;
@@ -349,7 +398,7 @@ DECLARE
   trigger_prefix text := :CHANNEL || '_capture_';
   op text;
 BEGIN
-  FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate', 'truncate_before', 'truncate_after'] LOOP
+  FOREACH op IN ARRAY ARRAY['begin', 'insert', 'update', 'delete', 'truncate', 'truncate_before', 'truncate_after'] LOOP
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trigger_prefix || op, rel);
   END LOOP;
   DELETE FROM :SCHEMA.routes r WHERE r.relid = rel;

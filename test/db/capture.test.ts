@@ -220,6 +220,55 @@ for (const server of servers) {
       plain.unsubscribe();
     });
 
+    it('keeps per-row order when the application\'s own triggers write the same row, or other watched tables, inside a statement', async () => {
+      await db.pool.query(`
+        CREATE TABLE notes (id int PRIMARY KEY, v text, normalized text);
+        CREATE TABLE note_audit (id serial PRIMARY KEY, note int, what text);
+        CREATE FUNCTION normalize_note() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          UPDATE notes SET normalized = lower(NEW.v) WHERE id = NEW.id;
+          INSERT INTO note_audit (note, what) VALUES (NEW.id, TG_OP);
+          RETURN NULL;
+        END $$;
+        CREATE TRIGGER a_normalize AFTER INSERT OR UPDATE OF v ON notes FOR EACH ROW EXECUTE FUNCTION normalize_note();`);
+      await tide.watch('note_audit');
+      const notes = follow(tide, 'notes');
+      const both = tide.transactions$(['notes', 'note_audit']);
+      const transactions: Array<{ changes: readonly Change[] }> = [];
+      const subscription = both.subscribe((tx) => transactions.push(tx));
+      await notes.ready;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await db.pool.query(`INSERT INTO notes (id, v) VALUES (1, 'Hello'), (2, 'Two')`);
+      await db.pool.query(`UPDATE notes SET v = 'World' WHERE id = 1`);
+      await eventually(() => notes.changes.length === 6, 'six changes of notes');
+      // Fold every row's changes in order: the result must be the table.
+      const folded = new Map<number, Record<string, unknown>>();
+      for (const change of notes.changes) {
+        if (change.op === 'delete') folded.delete(change.key['id'] as number);
+        else folded.set(change.key['id'] as number, change.new!);
+      }
+      const { rows } = await db.pool.query(`SELECT * FROM notes ORDER BY id`);
+      expect([...folded.values()].sort((a, b) => (a['id'] as number) - (b['id'] as number))).toEqual(rows);
+      expect(notes.changes.filter((change) => change.key['id'] === 1).map((change) => [change.op, change.new!['v'], change.new!['normalized']])).toEqual([
+        ['insert', 'Hello', null],
+        ['update', 'Hello', 'hello'],
+        ['update', 'World', 'hello'],
+        ['update', 'World', 'world'],
+      ]);
+      await eventually(() => transactions.length === 2, 'two transactions');
+      // Within a transaction, a statement's own changes come before what its triggers wrote.
+      expect(transactions[0]!.changes.map((change) => `${change.table}:${change.op}`)).toEqual([
+        'notes:insert',
+        'notes:insert',
+        'notes:update',
+        'note_audit:insert',
+        'notes:update',
+        'note_audit:insert',
+      ]);
+      subscription.unsubscribe();
+      notes.unsubscribe();
+    });
+
     it('matches rowId on the server\'s terms: exact bigint keys, a numeric key given as 12.5, a timestamptz key given as a Date', async () => {
       await db.pool.query(`
         CREATE TABLE big_keys (id bigint PRIMARY KEY, v int);
@@ -234,6 +283,7 @@ for (const server of servers) {
       const states: Array<ReadonlyMap<string, unknown>> = [];
       const state = tide.state$('big_keys').subscribe((map) => states.push(map));
       await Promise.all([exact.ready, money.ready, time.ready]);
+      await eventually(() => states.length === 1 && states[0]!.size === 2, 'the first state');
       await db.pool.query(`UPDATE big_keys SET v = v + 1`);
       await db.pool.query(`UPDATE money_keys SET v = 1`);
       await db.pool.query(`UPDATE time_keys SET v = 1`);
