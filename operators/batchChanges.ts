@@ -32,6 +32,10 @@ export interface BatchOptions {
  * batchChanges({ time: 10 }):      -----(x|)                 x = [a,b] (flushed on complete)
  * ```
  *
+ * A truncate (`TRUNCATE`: every row of its table is gone) is batched like any other
+ * change, in its place: it neither ends a batch nor starts one early. Follow with
+ * `coalesce()` to let it drop the changes of its table before it in the batch.
+ *
  * Never emits an empty array. On completion the unfinished batch is emitted, then the
  * output completes. On a source error the unfinished batch is discarded and the error is
  * passed on at once: its changes were never acknowledged, so a durable consumer gets them

@@ -11,8 +11,9 @@ import { rowKey } from './rowKey.js';
  * becomes nothing.
  *
  * ```
- * source:       --[i1 u1 u2 i3]--[i4 d4]--[u5 d5]--|    (letter = op, digit = row)
- * coalesce():   --[I1 u2 i3]--------------[D5]-----|    (I1 = i1 + u1, D5 = u5 + d5)
+ * source:       --[i1 u1 u2 i3]--[i4 d4]--[u5 d5]--[u6 t i7 u7]--|   (letter = op, digit = row;
+ * coalesce():   --[I1 u2 i3]--------------[D5]-----[t I7]--------|    t = truncate)
+ *                 (I1 = i1 + u1, D5 = u5 + d5, I7 = i7 + u7; t drops u6)
  * ```
  *
  * Per row, changes fold left to right:
@@ -28,6 +29,13 @@ import { rowKey } from './rowKey.js';
  * or after nothing) cannot come from one table's log in commit order; there the later
  * change simply replaces the accumulated one.
  *
+ * A truncate (`TRUNCATE`: every row of its table is gone) drops every change of its
+ * table that came before it in the batch, whatever rows they touched (a truncate before
+ * it included): the table is empty after it either way. The truncate itself is kept, as
+ * the same object, in its place. Changes of the table after it fold from scratch, as in
+ * an empty table (an insert after a truncate stays an insert, never an update of a row
+ * from before). Other tables' changes are not affected.
+ *
  * Update + update takes the union of the `changed` lists (first-seen order) without
  * comparing values, so a column changed and changed back is still listed; compare `old`
  * and `new` if that matters. A delete followed by an identical insert yields an update
@@ -42,12 +50,13 @@ import { rowKey } from './rowKey.js';
  * Acknowledgement for a durable consumer whose pipeline ends in `acknowledge()`: the net
  * change carries every change of its row ({@link carryDelivery}), so acknowledging it
  * marks them all processed; if the process stops before that, all of them are delivered
- * again (an insert is never lost behind its update). Every change of a row that nets to
- * nothing is marked processed at once ({@link markProcessed}). Nothing is marked when
- * coalescing a batch throws.
+ * again (an insert is never lost behind its update). Likewise a truncate carries every
+ * change it drops. Every change of a row that nets to nothing is marked processed at once
+ * ({@link markProcessed}), unless a later truncate dropped it: then the truncate carries
+ * it. Nothing is marked or carried when coalescing a batch throws.
  *
- * Rows are identified with {@link rowKey}. An error thrown while coalescing (a key
- * {@link rowKey} cannot encode) is sent downstream.
+ * Rows are identified with {@link rowKey}, tables by `schema` and `table`. An error
+ * thrown while coalescing (a key {@link rowKey} cannot encode) is sent downstream.
  *
  * @example
  * ```ts
@@ -72,13 +81,37 @@ export function coalesce<Row>(): OperatorFunction<readonly Change<Row>[], Change
   );
 }
 
+interface Entry<Row> {
+  /** The row's net change so far; `undefined` for "nothing". */
+  net: Change<Row> | undefined;
+  /** Index in the batch of the row's last change. */
+  last: number;
+  /** Every change the net change stands for, in batch order. */
+  changes: Change<Row>[];
+  /** The row's table, as {@link tableOf} names it. */
+  readonly table: string;
+}
+
 function coalesceBatch<Row>(batch: readonly Change<Row>[]): Change<Row>[] {
-  const rows = new Map<string, { net: Change<Row> | undefined; last: number; changes: Change<Row>[] }>();
+  const rows = new Map<string, Entry<Row>>();
   batch.forEach((change, index) => {
     const key = rowKey(change);
+    const table = tableOf(change);
+    if (change.op === 'truncate') {
+      // The table is empty after it: every earlier change of the table is moot, and the
+      // truncate stands for them (a truncate before it included).
+      const dropped: Change<Row>[] = [];
+      for (const [other, entry] of rows) {
+        if (entry.table !== table) continue;
+        dropped.push(...entry.changes);
+        rows.delete(other);
+      }
+      rows.set(key, { net: change, last: index, changes: [...dropped, change], table });
+      return;
+    }
     const entry = rows.get(key);
     if (entry === undefined) {
-      rows.set(key, { net: change, last: index, changes: [change] });
+      rows.set(key, { net: change, last: index, changes: [change], table });
     } else {
       entry.net = entry.net === undefined ? change : merge(entry.net, change);
       entry.last = index;
@@ -99,6 +132,11 @@ function coalesceBatch<Row>(batch: readonly Change<Row>[]): Change<Row>[] {
     result.push({ net, last: entry.last });
   }
   return result.sort((a, b) => a.last - b.last).map((entry) => entry.net);
+}
+
+/** Names a change's table; two changes of one table get the same string. */
+function tableOf(change: Change<unknown>): string {
+  return JSON.stringify([change.schema, change.table]);
 }
 
 /** The net effect of `earlier` then `later` on one row; `undefined` for "nothing". */

@@ -22,6 +22,9 @@ import { rowKey } from './rowKey.js';
  *
  * source:               -a-b-|
  * debounceByKey(10):    -----(ab|)        (pending changes flushed on complete)
+ *
+ * source:               -ab-t-c-------|   (t = truncate of the table of a and b; c: row 1)
+ * debounceByKey(4):     --------t-c---|   (a and b are superseded by t)
  * ```
  *
  * A row's change never waits for another row's: each key has its own timer, restarted
@@ -31,8 +34,17 @@ import { rowKey } from './rowKey.js';
  * changes are dropped. Unsubscribing cancels every timer. Memory: one entry per row with
  * a change pending, released when it is emitted.
  *
- * Superseded changes are never delivered: when a newer change to a row arrives, the
- * pending one is dropped, and the newer one carries it ({@link carryDelivery}):
+ * A truncate (`TRUNCATE`: every row of its table is gone) supersedes every pending change
+ * of its table, whatever row, and a pending truncate of it: they are dropped and the
+ * truncate carries them, as a newer change to a row carries the one it supersedes. The
+ * truncate itself is debounced like a change to one more row, the whole table: it is
+ * emitted `ms` after it arrived unless another truncate of the table supersedes it first.
+ * A change to a row after it waits for its own timer, which fires after the truncate's,
+ * so the truncate is emitted first. Other tables' pending changes are not affected.
+ *
+ * Superseded changes are never delivered: when a newer change to a row (or a truncate of
+ * its table) arrives, the pending one is dropped, and the newer one carries it
+ * ({@link carryDelivery}):
  * acknowledging the newer change marks both processed, so superseded changes never hold
  * back a durable consumer whose pipeline ends in `acknowledge()`, yet are delivered again
  * if the process stops before the newer one is acknowledged. Changes still
@@ -68,7 +80,8 @@ export function debounceByKey<Row>(ms: number, scheduler: SchedulerLike = asyncS
     new Observable<Change<Row>>((subscriber) => {
       // Insertion order = order of each row's latest change = order the timers fire in,
       // because every timer has the same delay: a new change moves its row to the end.
-      const pending = new Map<string, { readonly change: Change<Row>; readonly timer: Subscription }>();
+      // A truncate is pending under its own key (its table's, with an empty key).
+      const pending = new Map<string, Pending<Row>>();
 
       const clear = (): void => {
         for (const entry of pending.values()) entry.timer.unsubscribe();
@@ -84,20 +97,31 @@ export function debounceByKey<Row>(ms: number, scheduler: SchedulerLike = asyncS
             subscriber.error(err);
             return;
           }
-          const previous = pending.get(key);
-          if (previous) {
-            previous.timer.unsubscribe();
-            pending.delete(key);
+          const table = tableOf(change);
+          // What this change supersedes: the row's pending change; for a truncate, every
+          // pending change of its table (its own earlier truncate included).
+          const superseded: Change<Row>[] = [];
+          const drop = (other: string, entry: Pending<Row>): void => {
+            entry.timer.unsubscribe();
+            pending.delete(other);
+            superseded.push(entry.change);
+          };
+          if (change.op === 'truncate') {
+            // Rare: a scan of the pending rows is fine. Deleting while iterating a Map is safe.
+            for (const [other, entry] of pending) if (entry.table === table) drop(other, entry);
+          } else {
+            const previous = pending.get(key);
+            if (previous) drop(key, previous);
           }
           const timer = scheduler.schedule(() => {
             // Forget the row before emitting: a re-entrant change to it must start a new timer.
             pending.delete(key);
             subscriber.next(change);
           }, ms);
-          pending.set(key, { change, timer });
-          // The newer change carries the row's final state: the superseded one is done
+          pending.set(key, { change, table, timer });
+          // The newer change carries the row's final state: a superseded one is done
           // when the newer one is acknowledged (and delivered again if that never happens).
-          if (previous) carryDelivery(previous.change, change);
+          for (const earlier of superseded) carryDelivery(earlier, change);
         },
         error: (err: unknown) => {
           clear();
@@ -120,4 +144,17 @@ export function debounceByKey<Row>(ms: number, scheduler: SchedulerLike = asyncS
         clear();
       };
     });
+}
+
+/** A change waiting for its row's quiet time. */
+interface Pending<Row> {
+  readonly change: Change<Row>;
+  /** Its table, as {@link tableOf} names it. */
+  readonly table: string;
+  readonly timer: Subscription;
+}
+
+/** Names a change's table; two changes of one table get the same string. */
+function tableOf(change: Change<unknown>): string {
+  return JSON.stringify([change.schema, change.table]);
 }

@@ -9,7 +9,7 @@ export type ChangeOf<Row, Op extends Operation> = Change<Row> & {
   readonly op: Op;
 };
 
-const operations: readonly Operation[] = ['insert', 'update', 'delete'];
+const operations: readonly Operation[] = ['insert', 'update', 'delete', 'truncate'];
 
 /**
  * Emits only the changes whose operation is one of `ops`, typed as such.
@@ -17,9 +17,15 @@ const operations: readonly Operation[] = ['insert', 'update', 'delete'];
  * Intuition: `filter((c) => ops.includes(c.op))` that also narrows `op`.
  *
  * ```
- * source:                      --i--u--d--u--|
- * ofOperation('update'):       -----u-----u--|
+ * source:                      --i--u--d--t--u--|     (t = truncate)
+ * ofOperation('update'):       -----u--------u--|
+ * ofOperation('delete',
+ *             'truncate'):     --------d--t-----|
  * ```
+ *
+ * A truncate (`TRUNCATE`: every row of the table is gone) is an operation of its own:
+ * `ofOperation('delete')` drops it, so name `'truncate'` too where "rows went away"
+ * matters.
  *
  * Each change it drops is marked processed ({@link markProcessed}): a dropped change
  * needs no further work, so it never holds back the position of a durable consumer
@@ -38,7 +44,8 @@ const operations: readonly Operation[] = ['insert', 'update', 'delete'];
  * // insert { id: 1 }
  * // delete { id: 1 }
  * ```
- * @param ops - the operations to keep; at least one of `'insert'`, `'update'`, `'delete'`.
+ * @param ops - the operations to keep; at least one of `'insert'`, `'update'`, `'delete'`,
+ *   `'truncate'`.
  * @returns an operator emitting the matching changes, each typed {@link ChangeOf}`<Row, Op>`.
  * @throws PgTideError `INVALID_OPTIONS` if `ops` is empty or names an unknown operation.
  * @see markProcessed
@@ -54,7 +61,7 @@ export function ofOperation<Row, Op extends Operation>(
     if (!operations.includes(op as Operation)) {
       throw new PgTideError(
         'INVALID_OPTIONS',
-        `ofOperation(): unknown operation ${JSON.stringify(op)}; use 'insert', 'update' or 'delete'`,
+        `ofOperation(): unknown operation ${JSON.stringify(op)}; use 'insert', 'update', 'delete' or 'truncate'`,
         { ops: [...list], invalid: op },
       );
     }

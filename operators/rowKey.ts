@@ -24,6 +24,11 @@ export type RowIdentity = Pick<Change<unknown>, 'schema' | 'table' | 'key'>;
  * `rowKeyString` in `src/change.ts`, which needs the key column list; this one works from
  * the change alone and also names the table.
  *
+ * A truncate has an empty key, so its row key is `[schema, table, []]`
+ * (`'["public","users",[]]'`): it names the whole table, and never equals a row's, since
+ * a watched table has a primary key. Every row key of a table starts with the same
+ * `["schema","table",` prefix (JSON strings are self-delimiting).
+ *
  * @example
  * ```ts
  * import { rowKey } from 'pgtide/operators';

@@ -17,13 +17,18 @@ export function stateKey<Row>(change: Change<Row>): string {
  * Folds changes into the current rows: a `Map` from row key to row, emitted anew after
  * each change (or each batch, if the source emits arrays).
  *
- * Intuition: `scan` that applies inserts and updates as `set` and deletes as `delete`.
+ * Intuition: `scan` that applies inserts and updates as `set`, deletes as `delete` and
+ * truncates as `clear`.
  *
  * ```
- * source:   --i1----u1----i2----d1--|
- * toState:  --A-----B-----C-----D---|
- *   A = {1: v1}  B = {1: v1'}  C = {1: v1', 2: v2}  D = {2: v2}
+ * source:   --i1----u1----i2----d1----t-----i3--|     (t = truncate)
+ * toState:  --A-----B-----C-----D-----E-----F---|
+ *   A = {1: v1}  B = {1: v1'}  C = {1: v1', 2: v2}  D = {2: v2}  E = {}  F = {3: v3}
  * ```
+ *
+ * A truncate (`TRUNCATE`: every row of the table is gone) empties the map, rows from
+ * `initial` included, without calling `keyOf` (it names no row). `toState` folds one
+ * table, as its default key (the key values only) assumes: a truncate clears every row.
  *
  * Each emission is a fresh `Map` (copying costs O(rows)); feed it batches
  * (`batchChanges`) when a burst should produce one emission. For a table's live state,
@@ -46,7 +51,8 @@ export function toState<Row>(
     new Observable<ReadonlyMap<string, Row>>((subscriber) => {
       const rows = new Map(initial);
       const apply = (change: Change<Row>): void => {
-        if (change.op === 'delete') rows.delete(keyOf(change));
+        if (change.op === 'truncate') rows.clear();
+        else if (change.op === 'delete') rows.delete(keyOf(change));
         else if (change.new !== undefined) rows.set(keyOf(change), change.new);
       };
       return source.subscribe({

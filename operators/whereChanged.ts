@@ -4,15 +4,18 @@ import { PgTideError } from '../src/errors.js';
 import type { Change } from '../src/types.js';
 
 /**
- * Emits every insert and delete, and only those updates that changed at least one of
- * `columns`.
+ * Emits every insert, delete and truncate, and only those updates that changed at least
+ * one of `columns`.
  *
  * Intuition: "did anything I care about change?", judged by each update's `changed` list.
  *
  * ```
- * source:                   --i--u(name)--u(email)--d--|
- * whereChanged('email'):    --i-----------u(email)--d--|
+ * source:                   --i--u(name)--u(email)--d--t--|   (t = truncate)
+ * whereChanged('email'):    --i-----------u(email)--d--t--|
  * ```
+ *
+ * A truncate (`TRUNCATE`: every row of its table is gone) lists no column in `changed`,
+ * yet it changes every column of every row, as a delete does: it always passes.
  *
  * The test is on column names in `changed` only; values are not compared. Each update
  * it drops is marked processed ({@link markProcessed}): it needs no further work, so it
@@ -33,7 +36,7 @@ import type { Change } from '../src/types.js';
  * // update [ 'email' ]
  * ```
  * @param columns - column names; at least one.
- * @returns an operator that drops the updates touching none of `columns`.
+ * @returns an operator that drops the updates touching none of `columns`, and nothing else.
  * @throws PgTideError `INVALID_OPTIONS` if `columns` is empty or holds a non-string.
  * @see markProcessed
  */
@@ -52,6 +55,7 @@ export function whereChanged<Row>(...columns: [string, ...string[]]): MonoTypeOp
   }
   const watched = new Set(columns);
   return filter((change) => {
+    // Inserts, deletes and truncates (whose `changed` is empty) always pass.
     if (change.op !== 'update' || change.changed.some((column) => watched.has(column))) return true;
     markProcessed(change);
     return false;

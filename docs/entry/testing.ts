@@ -1,5 +1,5 @@
 /**
- * Unit-test kit without a database: the change builders `insert`, `update` and `del`,
+ * Unit-test kit without a database: the change builders `insert`, `update`, `del` and `truncate`,
  * and `createTestTide()`, a fake Tide for marble tests that records acknowledgements.
  *
  * @example

@@ -10,12 +10,15 @@ const MAX_VALUE_LENGTH = 80;
  * #12 2025-01-01T10:00:00.000Z insert id=1  gid=1000 username="ann" quota_bytes=1000000000
  * #13 2025-01-01T10:00:01.000Z update id=1  quota_bytes: 1000000000 -> 2000000000
  * #14 2025-01-01T10:00:02.000Z delete id=1  gid=1000 username="ann" quota_bytes=2000000000
+ * #15 2025-01-01T10:00:03.000Z truncate public.mail_users
  * ```
  *
  * Updates show the changed columns the stream carries (all, or the key plus `--columns`)
- * as `old -> new`; inserts show the new row and deletes the old one.
+ * as `old -> new`; inserts show the new row and deletes the old one. A truncate has no
+ * key and no row: it shows the table it emptied, as `schema.table`.
  */
 export function formatChange(change: Change): string {
+  if (change.op === 'truncate') return `#${change.id} ${change.committedAt.toISOString()} truncate ${change.schema}.${change.table}`;
   const head = `#${change.id} ${change.committedAt.toISOString()} ${change.op.padEnd(6)} ${assignments(change.key)}`;
   const keyColumns = new Set(Object.keys(change.key));
   if (change.op === 'update') {

@@ -3,7 +3,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { batchChanges } from '../../operators/batchChanges.js';
 import type { Change } from '../../src/types.js';
-import { CountingScheduler, del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { CountingScheduler, del, ins, trunc, upd, type User, newScheduler } from './fixtures.js';
 
 const a = ins('1', { id: 1, name: 'Ann' });
 const b = ins('2', { id: 2, name: 'Bo' });
@@ -23,6 +23,19 @@ describe('batchChanges', () => {
       const expected = '-----x-----y------z-|';
 
       expectObservable(e1.pipe(batchChanges({ size: 3, time: 4 }))).toBe(expected, { x: [a, b, c], y: [d], z: [e] });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('batches a truncate like any other change, in its place', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const t = trunc('6');
+      const e1 = hot('  -a-t-c-t---e--|', { ...values, t });
+      const e1subs = '  ^-------------!';
+      const expected = '---x---y------(z|)';
+
+      expectObservable(e1.pipe(batchChanges({ size: 2, time: 4 }))).toBe(expected, { x: [a, t], y: [c, t], z: [e] });
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
   });

@@ -6,7 +6,7 @@ import { batchChanges } from '../../operators/batchChanges.js';
 import { coalesce } from '../../operators/coalesce.js';
 import { markProcessed } from '../../src/delivery.js';
 import type { Change } from '../../src/types.js';
-import { committedAt, consumer, del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { committedAt, consumer, del, ins, trunc, upd, type User, newScheduler } from './fixtures.js';
 
 const ann: User = { id: 1, name: 'Ann', email: 'a@x' };
 const al: User = { id: 1, name: 'Al', email: 'a@x' };
@@ -140,6 +140,97 @@ describe('coalesce', () => {
     );
   });
 
+  it('drops every earlier change of the table on a truncate, keeps the truncate, and folds later changes from scratch', () => {
+    const t = trunc('3');
+    const cyd: User = { id: 3, name: 'Cyd' };
+    expectNet(
+      [ins('1', ann), upd('2', bea, bo, ['name']), t, ins('4', cy), upd('5', cyd, cy, ['name'])],
+      [t, change({ id: '5', op: 'insert', key: { id: 3 }, new: cyd, changed: ['id', 'name'] })],
+    );
+  });
+
+  it('keeps an insert after a truncate an insert, even when the row was deleted before it', () => {
+    const t = trunc('2');
+    const again = ins('3', al);
+    expectNet([del('1', ann), t, again], [t, again]);
+  });
+
+  it('keeps only the last of several truncates', () => {
+    const last = trunc('4');
+    expectNet([ins('1', ann), trunc('2'), ins('3', bo), last], [last]);
+  });
+
+  it('emits a batch holding only a truncate, and drops what nets to nothing before it', () => {
+    const t = trunc('3');
+    expectNet([ins('1', ann), del('2', ann), t], [t]);
+    const alone = trunc('4');
+    expectNet([alone], [alone]);
+  });
+
+  it('leaves changes of other tables and schemas alone on a truncate', () => {
+    const admin = ins('1', ann, { table: 'admins' });
+    const elsewhere = ins('2', ann, { schema: 'archive' });
+    const t = trunc('4');
+    const admin2 = ins('5', cy, { table: 'admins' });
+    expectNet([admin, elsewhere, ins('3', bo), t, admin2], [admin, elsewhere, t, admin2]);
+  });
+
+  it('passes the truncate through as the same object', () => {
+    const t = trunc('2');
+    const seen: Change<User>[][] = [];
+    of([ins('1', ann), t]).pipe(coalesce()).subscribe((net) => seen.push(net));
+    expect(seen).toHaveLength(1);
+    expect(seen[0]?.[0]).toBe(t);
+  });
+
+  it('lets a truncate carry every change it drops, nets-to-nothing included, until it is acknowledged', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    // Row 1: i1 then d1 (nothing); row 2: u2; then the truncate; then row 3: c.
+    const i1 = ins('1', ann);
+    const d1 = del('2', ann);
+    const u2 = upd('3', bea, bo, ['name']);
+    const t = trunc('4');
+    const c = ins('5', cy);
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -abcde---|', { a: i1, b: d1, c: u2, d: t, e: c });
+      const expected = '-----x---|';
+
+      const batches = e1.pipe(mailer.delivered(), batchChanges({ size: 5 }), coalesce());
+      expectObservable(batches).toBe(expected, { x: [t, c] });
+    });
+    // Nothing is marked when the batch is coalesced: i1 and d1 are carried by t, not done at once.
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(5);
+    // Acknowledging t completes itself (4), then 1, 2 and 3: the position moves to 1, 2, then 4.
+    markProcessed(t);
+    expect(mailer.moves.map((move) => move.id)).toEqual(['1', '2', '4']);
+    markProcessed(c);
+    expect(mailer.moves.map((move) => move.id)).toEqual(['1', '2', '4', '5']);
+    expect(mailer.ledger.inFlight).toBe(0);
+  });
+
+  it('acknowledges the dropped changes with the truncate at the end of a pipeline', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    const a = ins('1', ann);
+    const b = upd('2', al, ann, ['name']);
+    const t = trunc('3');
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -abt---|', { a, b, t });
+      const expected = '-----x-|';
+
+      // The net batch takes 2 frames to handle.
+      const handled = e1.pipe(mailer.delivered(), batchChanges({ size: 3 }), coalesce(), delay(2), acknowledge());
+      expectObservable(handled).toBe(expected, { x: [t] });
+    });
+    expect(mailer.moves).toEqual([
+      { id: '1', frame: 5 },
+      { id: '3', frame: 5 },
+    ]);
+    expect(mailer.ledger.inFlight).toBe(0);
+  });
+
   it('coalesces each batch on its own', () => {
     testScheduler = newScheduler();
     testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
@@ -248,6 +339,27 @@ describe('coalesce', () => {
       );
       expectObservable(batches).toBe(expected, undefined, new TypeError('Do not know how to serialize a BigInt'));
     });
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(3);
+  });
+
+  it('carries nothing onto a truncate when coalescing its batch throws', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    const t = trunc('2');
+    const bad = ins('3', bo, { key: { id: { n: 2n } } });
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -x--|', { x: [ins('1', ann), t, bad] });
+      const expected = '-#   ';
+
+      const batches = e1.pipe(
+        mergeMap((batch) => of(batch.map((item) => mailer.deliver(item)))),
+        coalesce(),
+      );
+      expectObservable(batches).toBe(expected, undefined, new TypeError('Do not know how to serialize a BigInt'));
+    });
+    // Had t carried 1, acknowledging t would move the position; 1 and bad still hold it back.
+    markProcessed(t);
     expect(mailer.moves).toEqual([]);
     expect(mailer.ledger.inFlight).toBe(3);
   });

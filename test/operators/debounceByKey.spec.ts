@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { acknowledge } from '../../operators/acknowledge.js';
 import { debounceByKey } from '../../operators/debounceByKey.js';
 import type { Change } from '../../src/types.js';
-import { consumer, CountingScheduler, del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { consumer, CountingScheduler, del, ins, trunc, upd, type User, newScheduler } from './fixtures.js';
 
 // Row 1: a, c, e; row 2: b, d.
 const values = {
@@ -147,6 +147,84 @@ describe('debounceByKey', () => {
       const expected = '-a-c-|';
 
       expectObservable(e1.pipe(debounceByKey(0))).toBe(expected, values);
+    });
+  });
+
+  it('drops every pending change of the table on a truncate, and emits the truncate after ms', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const counting = new CountingScheduler(testScheduler);
+      const t = trunc('6');
+      const e1 = hot('  -ab-t-c-------|', { ...values, t });
+      const e1subs = '  ^-------------!';
+      const expected = '--------t-c---|';
+
+      expectObservable(e1.pipe(debounceByKey(4, counting))).toBe(expected, { t, c: values.c });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+      testScheduler.flush();
+      // a's and b's timers were cancelled by t: only t's and c's ran.
+      expect(counting.runs).toBe(2);
+    });
+  });
+
+  it('lets a truncate carry the pending changes it supersedes, all acknowledged with it', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    // x: row 1, y: row 2, then the truncate, then z: row 1 again.
+    const x = ins('1', { id: 1, name: 'Ann' });
+    const y = ins('2', { id: 2, name: 'Bo' });
+    const t = trunc('3');
+    const z = ins('4', { id: 1, name: 'Al' });
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -xy-t-z-------|', { x, y, t, z });
+      const expected = '--------t-z---|';
+
+      expectObservable(e1.pipe(mailer.delivered(), debounceByKey(4), acknowledge())).toBe(expected, { t, z });
+    });
+    // Acknowledging t at 8 completes t (3), x (1) and y (2): the position moves to 1, then 3.
+    expect(mailer.moves).toEqual([
+      { id: '1', frame: 8 },
+      { id: '3', frame: 8 },
+      { id: '4', frame: 10 },
+    ]);
+  });
+
+  it('does not mark what a pending truncate carries processed when the source errors', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    const t = trunc('6');
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  -abt-#', { ...values, t });
+      const expected = '-----#';
+
+      expectObservable(e1.pipe(mailer.delivered(), debounceByKey(3), acknowledge())).toBe(expected, values);
+    });
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(3);
+  });
+
+  it('lets a truncate supersede a pending truncate, and leaves other tables\' changes alone', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const t = trunc('6');
+      const s = trunc('7');
+      const other = ins('8', { id: 1, name: 'Ann' }, { table: 'admins' });
+      const otherSchema = ins('9', { id: 1, name: 'Ann' }, { schema: 'archive' });
+      const e1 = hot('  -opt-s-----|', { o: other, p: otherSchema, t, s });
+      const expected = '----op--s--|';
+
+      expectObservable(e1.pipe(debounceByKey(3))).toBe(expected, { o: other, p: otherSchema, s });
+    });
+  });
+
+  it('flushes a pending truncate on complete before the changes that came after it', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const t = trunc('6');
+      const e1 = hot('  -at-c|    ', { ...values, t });
+      const expected = '-----(tc|)';
+
+      expectObservable(e1.pipe(debounceByKey(10))).toBe(expected, { t, c: values.c });
     });
   });
 

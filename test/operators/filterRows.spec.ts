@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { acknowledge } from '../../operators/acknowledge.js';
 import { filterRows } from '../../operators/filterRows.js';
 import type { Change } from '../../src/types.js';
-import { consumer, del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { consumer, del, ins, trunc, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   a: ins('1', { id: 1, name: 'Ann', active: true }),
@@ -77,6 +77,32 @@ describe('filterRows', () => {
       { id: '2', frame: 5 },
     ]);
     expect(mailer.ledger.inFlight).toBe(1);
+  });
+
+  it('passes a truncate through without calling the predicate, and does not mark it processed', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    const t = trunc('7');
+    const calls: User[] = [];
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --a--b--t--|', { ...values, t });
+      const e1subs = '  ^----------!';
+      const expected = '--a-----t--|';
+
+      const result = e1.pipe(
+        mailer.delivered(),
+        filterRows((row) => {
+          calls.push(row);
+          return isActive(row);
+        }),
+      );
+      expectObservable(result).toBe(expected, { ...values, t });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+    expect(calls).toEqual([values.a.new, values.b.new]);
+    // b (2) is dropped but waits for a (1); t (7) is kept, so nobody marks it.
+    expect(mailer.moves).toEqual([]);
+    expect(mailer.ledger.inFlight).toBe(3);
   });
 
   it('passes the whole change as the second argument', () => {

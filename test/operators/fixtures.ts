@@ -58,6 +58,23 @@ export function del(id: string, row: User, extra: Extra = {}): Change<User> {
 }
 
 /**
+ * A TRUNCATE of `public.users` (or `extra.schema`/`extra.table`): empty `key`, no
+ * `changed` column, no `new`, no `old`.
+ */
+export function trunc(id: string, extra: Omit<Extra, 'key'> = {}): Change<User> {
+  return {
+    id,
+    txid: extra.txid ?? `tx${id}`,
+    schema: extra.schema ?? 'public',
+    table: extra.table ?? 'users',
+    op: 'truncate',
+    key: {},
+    changed: [],
+    committedAt,
+  };
+}
+
+/**
  * A scheduler that delegates to `inner` and counts how many scheduled actions actually
  * ran, to prove that an operator cancels its timers.
  */

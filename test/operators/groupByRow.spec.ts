@@ -1,10 +1,10 @@
-import { filter, map, mergeMap, of } from 'rxjs';
+import { filter, ignoreElements, map, mergeMap, NEVER, of, timer } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { groupByRow } from '../../operators/groupByRow.js';
 import { rowKey } from '../../operators/rowKey.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { del, ins, trunc, upd, type User, newScheduler } from './fixtures.js';
 
 // Row 1: a, c, e, f; row 2: b, d.
 const a = ins('1', { id: 1, name: 'Ann' });
@@ -66,6 +66,80 @@ describe('groupByRow', () => {
 
       const result = e1.pipe(groupByRow<User>({ duration: (group) => group.pipe(filter((change) => change.op === 'delete')) }));
       expectObservable(result).toBe(expected, { x, y });
+    });
+  });
+
+  it('completes every row group of the table on a truncate and gives the truncate a group of its own', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, cold, expectObservable, expectSubscriptions }) => {
+      const t = trunc('7');
+      const e1 = hot('  --a--b--c--t--f--|', { ...values, t });
+      const e1subs = '  ^----------------!';
+      const expected = '--x--y-----z--w--|';
+      const x = cold('    a-----c--|      ', values);
+      const y = cold('       b-----|      ', values);
+      const z = cold('             t-----|', { t });
+      const w = cold('                f--|', values);
+
+      expectObservable(e1.pipe(groupByRow())).toBe(expected, { x, y, z, w });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('keys the truncate\'s group by its rowKey and sends it every truncate of the table', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, cold, expectObservable }) => {
+      const t = trunc('7');
+      const s = trunc('8');
+      const e1 = hot('  --t--a--s--|', { a, t, s });
+      const expected = '--z--x-----|';
+      const z = cold('    t-----s--|', { t, s });
+      const x = cold('       a--|   ', values);
+
+      expectObservable(e1.pipe(groupByRow())).toBe(expected, { z, x });
+      expectObservable(e1.pipe(groupByRow(), map((group) => group.key))).toBe(expected, { z: rowKey(t), x: rowKey(a) });
+      expect(rowKey(t)).toBe('["public","users",[]]');
+    });
+  });
+
+  it('leaves the groups of other tables and schemas open on a truncate', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, cold, expectObservable }) => {
+      const admin = ins('7', { id: 1, name: 'Ann' }, { table: 'admins' });
+      const archived = ins('8', { id: 1, name: 'Ann' }, { schema: 'archive' });
+      const t = trunc('9');
+      const e1 = hot('  --a--o--r--t--|', { a, o: admin, r: archived, t });
+      const expected = '--x--y--v--z--|';
+      const x = cold('    a--------|   ', values);
+      const y = cold('       o--------|', { o: admin });
+      const v = cold('          r-----|', { r: archived });
+      const z = cold('             t--|', { t });
+
+      expectObservable(e1.pipe(groupByRow())).toBe(expected, { x, y, v, z });
+    });
+  });
+
+  it('closes a group on a truncate even when its duration has not emitted, and still when it emits or completes', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, cold, expectObservable }) => {
+      const t = trunc('7');
+      const e1 = hot('  --a--b--t--f--d--|', { ...values, t });
+      const expected = '--x--y--z--w--v--|';
+      // Row 1's groups live 4 frames (a's ends before t); row 2's never end by themselves,
+      // so t ends b's; the truncate's group completes, without emitting, 2 frames in.
+      const x = cold('    a---|           ', values);
+      const y = cold('       b--|         ', values);
+      const z = cold('          t-|       ', { t });
+      const w = cold('             f---|  ', values);
+      const v = cold('                d--|', values);
+
+      const result = e1.pipe(
+        groupByRow<User>({
+          duration: (group) =>
+            group.key === rowKey(t) ? timer(2).pipe(ignoreElements()) : group.key === rowKey(a) ? timer(4) : NEVER,
+        }),
+      );
+      expectObservable(result).toBe(expected, { x, y, z, w, v });
     });
   });
 

@@ -5,13 +5,14 @@ import { acknowledge } from '../../operators/acknowledge.js';
 import { ofOperation, type ChangeOf } from '../../operators/ofOperation.js';
 import { PgTideError } from '../../src/errors.js';
 import type { Change, Operation } from '../../src/types.js';
-import { consumer, del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { consumer, del, ins, trunc, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   i: ins('1', { id: 1, name: 'Ann' }),
   u: upd('2', { id: 1, name: 'Bo' }, { id: 1, name: 'Ann' }),
   d: del('3', { id: 1, name: 'Bo' }),
   v: upd('4', { id: 2, name: 'Cy' }, { id: 2, name: 'Al' }),
+  t: trunc('5'),
 };
 
 describe('ofOperation', () => {
@@ -75,11 +76,43 @@ describe('ofOperation', () => {
     });
   });
 
+  it('keeps truncates when asked for them, and only then', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --i--u--d--t--v--|', values);
+      const e1subs = '  ^----------------!';
+      const removals = '--------d--t-----|';
+      const deletes = ' --------d--------|';
+      const truncs = '  -----------t-----|';
+
+      expectObservable(e1.pipe(ofOperation('delete', 'truncate'))).toBe(removals, values);
+      expectObservable(e1.pipe(ofOperation('delete'))).toBe(deletes, values);
+      expectObservable(e1.pipe(ofOperation<User, 'truncate'>('truncate'))).toBe(truncs, values);
+      expectSubscriptions(e1.subscriptions).toBe([e1subs, e1subs, e1subs]);
+    });
+  });
+
+  it('marks a truncate it drops processed, like any dropped change', () => {
+    testScheduler = newScheduler();
+    const mailer = consumer(testScheduler);
+    testScheduler.run(({ hot, expectObservable }) => {
+      const e1 = hot('  --i--t--|', values);
+      const expected = '--i-----|';
+
+      expectObservable(e1.pipe(mailer.delivered(), ofOperation('insert'), acknowledge())).toBe(expected, values);
+    });
+    expect(mailer.moves).toEqual([
+      { id: '1', frame: 2 },
+      { id: '5', frame: 5 },
+    ]);
+  });
+
   it('narrows op and keeps the row type', () => {
     const source: Observable<Change<User>> = of(values.i, values.u);
     const inserts = source.pipe(ofOperation('insert'));
     expectTypeOf(inserts).toEqualTypeOf<Observable<ChangeOf<User, 'insert'>>>();
     expectTypeOf<ChangeOf<User, 'insert' | 'delete'>['op']>().toEqualTypeOf<'insert' | 'delete'>();
+    expectTypeOf(source.pipe(ofOperation('truncate'))).toEqualTypeOf<Observable<ChangeOf<User, 'truncate'>>>();
 
     const seen: Operation[] = [];
     inserts.subscribe((change) => {
@@ -164,5 +197,9 @@ describe('ofOperation', () => {
     expect(() => ofOperation(...unknown)).toThrow(
       expect.objectContaining({ code: 'INVALID_OPTIONS', details: { ops: ['insert', 'upsert'], invalid: 'upsert' } }),
     );
+    expect(() => ofOperation(...unknown)).toThrow(
+      `ofOperation(): unknown operation "upsert"; use 'insert', 'update', 'delete' or 'truncate'`,
+    );
+    expect(() => ofOperation('truncate')).not.toThrow();
   });
 });

@@ -35,6 +35,14 @@ describe('rowKey', () => {
     expect(rowKey({ ...users, key: { a: '1","b' } })).not.toBe(rowKey({ ...users, key: { a: '1', b: '' } }));
   });
 
+  it('names the whole table for a truncate\'s empty key, as a prefix of every row key of the table', () => {
+    const table = rowKey({ ...users, key: {} });
+    expect(table).toBe('["public","users",[]]');
+    expect(rowKey({ ...users, key: { id: 1 } })).not.toBe(table);
+    expect(rowKey({ ...users, key: { id: 1 } }).startsWith('["public","users",')).toBe(true);
+    expect(rowKey({ schema: 'public', table: 'admins', key: {} })).not.toBe(table);
+  });
+
   it('throws a TypeError for a bigint nested in an object', () => {
     expect(() => rowKey({ ...users, key: { id: { n: 1n } } })).toThrow(TypeError);
   });

@@ -2,7 +2,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { stateKey, toState } from '../../operators/toState.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, newScheduler, upd, type User } from './fixtures.js';
+import { del, ins, newScheduler, trunc, upd, type User } from './fixtures.js';
 
 const ann = { id: 1, name: 'Ann' };
 const al = { id: 1, name: 'Al' };
@@ -51,6 +51,41 @@ describe('toState', () => {
       const batches = cold<readonly Change<User>[]>('-x-y|', { x: [a, b, c], y: [d] });
       expectObservable(batches.pipe(toState<User>())).toBe('-X-Y|', { X: rows(al, bo), Y: rows(bo) });
     });
+  });
+
+  it('clears every row on a truncate, initial rows included, and builds up again after it', () => {
+    const cy = { id: 3, name: 'Cy' };
+    const t = trunc('5');
+    const e = ins('6', cy);
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const e1 = hot('  --a--c--t--e--t--|', { ...values, t, e });
+      const e1subs = '  ^----------------!';
+      const expected = '--A--C--T--E--T--|';
+
+      expectObservable(e1.pipe(toState<User>(stateKey, rows(bo)))).toBe(expected, {
+        A: rows(bo, ann),
+        C: rows(bo, ann),
+        T: rows(),
+        E: rows(cy),
+      });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('applies a truncate in its place within a batch, without calling keyOf for it', () => {
+    const keyed: Change<User>[] = [];
+    const byName = toState<User>((change) => {
+      keyed.push(change);
+      return (change.new ?? change.old)!.name;
+    });
+    const t = trunc('5');
+    testScheduler = newScheduler();
+    testScheduler.run(({ cold, expectObservable }) => {
+      const batches = cold<readonly Change<User>[]>('-x-y|', { x: [a, t, c], y: [t] });
+      expectObservable(batches.pipe(byName)).toBe('-X-Y|', { X: new Map([['Bo', bo]]), Y: new Map() });
+    });
+    expect(keyed).toEqual([a, c]);
   });
 
   it('keys rows with keyOf, and composite keys by default as their values joined', () => {

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { acknowledge } from '../../operators/acknowledge.js';
 import { whereChanged } from '../../operators/whereChanged.js';
 import type { Change } from '../../src/types.js';
-import { consumer, del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { consumer, del, ins, trunc, upd, type User, newScheduler } from './fixtures.js';
 
 const values = {
   i: ins('1', { id: 1, name: 'Ann', email: 'a@x' }),
@@ -38,6 +38,19 @@ describe('whereChanged', () => {
       const expected = '--i-----e--b--a--d--|';
 
       expectObservable(e1.pipe(whereChanged('email', 'active'))).toBe(expected, values);
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('keeps a truncate, although its changed list is empty', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const t = trunc('7');
+      const e1 = hot('  --i--n--t--e--|', { ...values, t });
+      const e1subs = '  ^-------------!';
+      const expected = '--i-----t--e--|';
+
+      expectObservable(e1.pipe(whereChanged('email'))).toBe(expected, { ...values, t });
       expectSubscriptions(e1.subscriptions).toBe(e1subs);
     });
   });

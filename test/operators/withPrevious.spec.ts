@@ -3,7 +3,7 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, it } from 'vitest';
 import { withPrevious } from '../../operators/withPrevious.js';
 import type { Change } from '../../src/types.js';
-import { del, ins, upd, type User, newScheduler } from './fixtures.js';
+import { del, ins, trunc, upd, type User, newScheduler } from './fixtures.js';
 
 // Row 1: a, c, e, f; row 2: b.
 const a = ins('1', { id: 1, name: 'Ann' });
@@ -46,6 +46,51 @@ describe('withPrevious', () => {
         A: { change: a, previous: undefined },
         O: { change: other, previous: undefined },
         S: { change: asString, previous: a },
+      });
+    });
+  });
+
+  it('forgets every row of the table on a truncate, which itself has no previous change', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable, expectSubscriptions }) => {
+      const t = trunc('6');
+      const s = trunc('7');
+      const b2 = upd('8', { id: 2, name: 'Bea' }, { id: 2, name: 'Bo' });
+      const e1 = hot('  --a--b--t--f--b--s--|', { a, b: b2, t, f, s });
+      const e1subs = '  ^-------------------!';
+      const expected = '--A--B--T--F--X--S--|';
+
+      expectObservable(e1.pipe(withPrevious())).toBe(expected, {
+        A: { change: a, previous: undefined },
+        B: { change: b2, previous: undefined },
+        T: { change: t, previous: undefined },
+        F: { change: f, previous: undefined },
+        X: { change: b2, previous: undefined },
+        S: { change: s, previous: undefined },
+      });
+      expectSubscriptions(e1.subscriptions).toBe(e1subs);
+    });
+  });
+
+  it('remembers rows of other tables and schemas across a truncate', () => {
+    testScheduler = newScheduler();
+    testScheduler.run(({ hot, expectObservable }) => {
+      const admin = ins('6', { id: 1, name: 'Ann' }, { table: 'admins' });
+      const admin2 = upd('7', { id: 1, name: 'Al' }, { id: 1, name: 'Ann' }, ['name'], { table: 'admins' });
+      const archived = ins('8', { id: 1, name: 'Ann' }, { schema: 'archive' });
+      const archived2 = del('9', { id: 1, name: 'Ann' }, { schema: 'archive' });
+      const t = trunc('10');
+      const e1 = hot('  --a--o--r--t--p--q--c--|', { a, o: admin, r: archived, t, p: admin2, q: archived2, c });
+      const expected = '--A--O--R--T--P--Q--C--|';
+
+      expectObservable(e1.pipe(withPrevious())).toBe(expected, {
+        A: { change: a, previous: undefined },
+        O: { change: admin, previous: undefined },
+        R: { change: archived, previous: undefined },
+        T: { change: t, previous: undefined },
+        P: { change: admin2, previous: admin },
+        Q: { change: archived2, previous: archived },
+        C: { change: c, previous: undefined },
       });
     });
   });

@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { acknowledge, batchChanges, ofOperation, rowKey, whereChanged } from '../../operators/index.js';
 import { PgTideError } from '../../src/errors.js';
 import type { Change } from '../../src/types.js';
-import { createTestTide, del, insert, resetChangeIds, TEST_COMMITTED_AT, update } from '../../src/testing/index.js';
+import { createTestTide, del, insert, resetChangeIds, TEST_COMMITTED_AT, truncate, update } from '../../src/testing/index.js';
 
 function newScheduler(): TestScheduler {
   return new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
@@ -68,6 +68,39 @@ describe('change builders', () => {
       committedAt: TEST_COMMITTED_AT,
     });
     expect('new' in change).toBe(false);
+  });
+
+  it('truncate builds a change with an empty key, no changed column and no rows', () => {
+    const change = truncate('users');
+    expect(change).toStrictEqual({
+      id: '1',
+      txid: '1',
+      schema: 'public',
+      table: 'users',
+      op: 'truncate',
+      key: {},
+      changed: [],
+      committedAt: TEST_COMMITTED_AT,
+    });
+    expect('new' in change).toBe(false);
+    expect('old' in change).toBe(false);
+  });
+
+  it('truncate takes schema.name, id, txid and committedAt, and ignores key and changed', () => {
+    const when = new Date('2025-06-01T12:00:00.000Z');
+    const sloppy = { id: 9, txid: 900n, committedAt: when, key: ['id'], changed: ['x'] };
+    expect(truncate('billing.invoices', sloppy)).toStrictEqual({
+      id: '9',
+      txid: '900',
+      schema: 'billing',
+      table: 'invoices',
+      op: 'truncate',
+      key: {},
+      changed: [],
+      committedAt: when,
+    });
+    // It shares the builders' counter.
+    expect([insert('t', { id: 1 }).id, truncate('t').id]).toEqual(['1', '2']);
   });
 
   it('numbers changes from a counter shared by all builders, which resetChangeIds restarts', () => {
@@ -339,6 +372,20 @@ describe('createTestTide', () => {
       };
       expectObservable(testTide.changes$('users', { columns: ['quota'] })).toBe('-a---c-d-|', projected);
       expectObservable(testTide.changes$('users', { rowId: 1, field: 'quota' })).toBe('-a---c-d-|', projected);
+    });
+  });
+
+  it('delivers a truncate to every stream of its table, rowId and columns streams included', () => {
+    testScheduler = newScheduler();
+    const testTide = createTestTide(testScheduler);
+    const one = insert('users', { id: 1, quota: 1 });
+    const two = insert('users', { id: 2, quota: 1 });
+    const gone = truncate('users');
+    testScheduler.run(({ hot, expectObservable }) => {
+      testTide.source('users', hot('-o-t-x-|', { o: one, t: two, x: gone }));
+      expectObservable(testTide.changes$('users', { rowId: 1 })).toBe('-o---x-|', { o: one, x: gone });
+      expectObservable(testTide.changes$('users', { rowId: { id: 2 }, field: 'quota' })).toBe('---t-x-|', { t: two, x: gone });
+      expectObservable(testTide.changes$('users', { columns: ['quota'], consumer: 'audit' })).toBe('-o-t-x-|', { o: one, t: two, x: gone });
     });
   });
 
