@@ -23,6 +23,11 @@ ALTER TABLE :SCHEMA.log
 
 ALTER TABLE :SCHEMA.watched ADD COLUMN shape integer;
 
+-- Where a batch starts, by transaction: (relid, txid, id), so the lowest id of one
+-- transaction is one index probe and of the transactions since a snapshot one range.
+DROP INDEX :SCHEMA.log_txid;
+CREATE INDEX log_txid ON :SCHEMA.log (relid, txid, id);
+
 -- Every relation whose writes are captured: a watched table, and each partition of a
 -- watched partitioned table (written to directly, a partition fires only its own
 -- triggers). Changes are logged under the watched table, in its shape.
@@ -169,6 +174,7 @@ DECLARE
   nested_note text := 'pgtide.nested_' || :SCHEMA_KEY || '_' || depth;
   nested_first bigint;
   own_first bigint;
+  styles text[];
 BEGIN
   -- A statement that changed no row must not give a read-only transaction an xid.
   IF TG_OP = 'INSERT' THEN
@@ -190,6 +196,11 @@ BEGIN
   nested_first := nullif(current_setting(nested_note, true), '')::bigint;
   xid := pg_current_xact_id();
   written := clock_timestamp();
+  IF NOT (current_setting('DateStyle') LIKE 'ISO%' AND current_setting('IntervalStyle') = 'postgres'
+          AND current_setting('extra_float_digits')::integer > 0 AND current_setting('bytea_output') = 'hex'
+          AND current_setting('TimeZone') IS NOT DISTINCT FROM current_setting('pgtide.timezone_' || :SCHEMA_KEY, true)) THEN
+    styles := :SCHEMA.canonical_output();
+  END IF;
   IF depth > 1 OR nested_first IS NOT NULL THEN
     -- Ids from here on are this statement's (the sequence hands them out in order).
     own_first := nextval(pg_get_serial_sequence(:SCHEMA_LITERAL_IDENT || '.log', 'id'));
@@ -217,10 +228,55 @@ BEGIN
       SELECT m.txid, m.relid, m.op, m.changed, m.new, m.old, m.shape, m.written_at, m.wake FROM moved m ORDER BY m.id;
     PERFORM set_config(nested_note, '', true);
   END IF;
+  IF styles IS NOT NULL THEN
+    PERFORM :SCHEMA.restore_output(styles);
+  END IF;
   IF depth > 1 AND coalesce(current_setting('pgtide.nested_' || :SCHEMA_KEY || '_' || (depth - 1), true), '') = '' THEN
     PERFORM set_config('pgtide.nested_' || :SCHEMA_KEY || '_' || (depth - 1), own_first::text, true);
   END IF;
   RETURN NULL;
+END
+$$;
+
+-- Record text is written in the writer's session, and its output follows that session's
+-- DateStyle, IntervalStyle, extra_float_digits, bytea_output and TimeZone (a composite or
+-- range holding a timestamptz is returned as text). The reader parses the server's
+-- defaults (what `pg` expects, and what its own sessions print), so capture switches to
+-- them for the statement when the writer chose others, and back after:
+-- canonical_output() returns the settings to restore.
+CREATE FUNCTION :SCHEMA.canonical_output()
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  current text[] := ARRAY[current_setting('DateStyle'), current_setting('IntervalStyle'),
+                          current_setting('extra_float_digits'), current_setting('bytea_output'),
+                          current_setting('TimeZone')];
+BEGIN
+  PERFORM set_config('DateStyle', 'ISO, ' || coalesce(nullif(split_part(current[1], ', ', 2), ''), 'MDY'), true);
+  PERFORM set_config('IntervalStyle', 'postgres', true);
+  PERFORM set_config('extra_float_digits', '1', true);
+  PERFORM set_config('bytea_output', 'hex', true);
+  PERFORM set_config('TimeZone', coalesce(current_setting('pgtide.timezone_' || :SCHEMA_KEY, true),
+                                          (SELECT ps.reset_val FROM pg_settings ps WHERE ps.name = 'TimeZone')), true);
+  RETURN current;
+END
+$$;
+
+CREATE FUNCTION :SCHEMA.restore_output(styles text[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF styles IS NOT NULL THEN
+    PERFORM set_config('DateStyle', styles[1], true);
+    PERFORM set_config('IntervalStyle', styles[2], true);
+    PERFORM set_config('extra_float_digits', styles[3], true);
+    PERFORM set_config('bytea_output', styles[4], true);
+    PERFORM set_config('TimeZone', styles[5], true);
+  END IF;
 END
 $$;
 
@@ -252,6 +308,7 @@ AS $$
 DECLARE
   route :SCHEMA.routes;
   through_parent text;
+  styles text[];
 BEGIN
   SELECT r.* INTO route FROM :SCHEMA.routes r WHERE r.relid = TG_RELID;
   IF NOT FOUND THEN
@@ -265,6 +322,7 @@ BEGIN
     IF route.relid = route.parent THEN
       PERFORM set_config(through_parent, 'yes', true);
     ELSIF coalesce(current_setting(through_parent, true), '') <> 'yes' THEN
+      styles := :SCHEMA.canonical_output();
       EXECUTE format('INSERT INTO %s.log (txid, relid, op, old, shape, written_at, wake)
                       SELECT $1, %s::oid, ''d'', %s, %s, clock_timestamp(), CASE WHEN row_number() OVER () = 1 THEN true END
                         FROM %s o',
@@ -273,6 +331,7 @@ BEGIN
                         FROM pg_attribute a WHERE a.attrelid = route.parent AND a.attnum > 0 AND NOT a.attisdropped),
                      route.shape, TG_RELID::regclass)
         USING pg_current_xact_id();
+      PERFORM :SCHEMA.restore_output(styles);
     END IF;
   ELSIF route.relid = route.parent THEN
     INSERT INTO :SCHEMA.log (txid, relid, op, written_at, wake)
@@ -353,7 +412,9 @@ BEGIN
       SET parent = excluded.parent, shape = excluded.shape, insert_sql = excluded.insert_sql, delete_sql = excluded.delete_sql,
           update_sql = excluded.update_sql;
     -- Version 2 refused TRUNCATE; now it is captured.
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trigger_prefix || 'truncate', member);
+    IF EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = member AND t.tgname = trigger_prefix || 'truncate') THEN
+      EXECUTE format('DROP TRIGGER %I ON %s', trigger_prefix || 'truncate', member);
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = member AND t.tgname = trigger_prefix || 'insert') THEN
       EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %s.capture()',
         trigger_prefix || 'insert', member, :SCHEMA_LITERAL_IDENT);
@@ -519,14 +580,20 @@ BEGIN
         FROM bounds b
     ),
     start AS (
+      -- The walk by txid, not by id: ORDER BY the index's columns keeps the planner on
+      -- log_txid (a plain min(id) would walk the primary key from the era's first id).
       SELECT CASE
         WHEN after_id IS NOT NULL THEN after_id
         WHEN pg_snapshot_xmax(base) <= '3'::xid8 THEN batch.lo - 1
         ELSE least(
-          (SELECT min(c.id) FROM :SCHEMA.log c
-            WHERE c.relid = rel AND c.txid >= pg_snapshot_xmax(base) AND c.id >= batch.lo AND c.id < batch.hi),
-          (SELECT min(c.id) FROM :SCHEMA.log c
-            WHERE c.relid = rel AND c.txid IN (SELECT pg_snapshot_xip(base)) AND c.id >= batch.lo AND c.id < batch.hi)
+          (SELECT min(f.id) FROM (
+             SELECT c.id FROM :SCHEMA.log c
+              WHERE c.relid = rel AND c.txid >= pg_snapshot_xmax(base) AND c.id >= batch.lo AND c.id < batch.hi
+              ORDER BY c.relid, c.txid, c.id OFFSET 0) f),
+          (SELECT min(f.id) FROM pg_snapshot_xip(base) x CROSS JOIN LATERAL (
+             SELECT c.id FROM :SCHEMA.log c
+              WHERE c.relid = rel AND c.txid = x AND c.id >= batch.lo AND c.id < batch.hi
+              ORDER BY c.relid, c.txid, c.id LIMIT 1) f)
         ) - 1
       END AS after
       FROM batch
@@ -542,6 +609,24 @@ BEGIN
          LIMIT page_size
       ) l ON true;
 END
+$$;
+
+-- As in version 1, through log_txid (version 1 scanned the log).
+CREATE OR REPLACE FUNCTION :SCHEMA.tables_with_news(rels oid[], bases pg_snapshot[])
+RETURNS SETOF oid
+LANGUAGE sql
+STABLE
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET search_path = pg_catalog, pg_temp
+AS $$
+  WITH era AS (SELECT coalesce(max(e.first_id), 1) AS lo FROM :SCHEMA.eras e)
+  SELECT r.rel FROM era, unnest(rels, bases) AS r(rel, base)
+   WHERE EXISTS (SELECT FROM :SCHEMA.log l
+                  WHERE l.relid = r.rel AND l.txid >= pg_snapshot_xmax(r.base) AND l.id >= era.lo
+                  ORDER BY l.relid, l.txid, l.id)
+      OR EXISTS (SELECT FROM pg_snapshot_xip(r.base) x
+                  WHERE EXISTS (SELECT FROM :SCHEMA.log l WHERE l.relid = r.rel AND l.txid = x AND l.id >= era.lo))
 $$;
 
 -- read_page returned the rows as json: its roles may call read_batch, and it goes.
@@ -578,6 +663,38 @@ BEGIN
   EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean), '
     '%1$s.tables_with_news(oid[], pg_snapshot[]), %1$s.delivered(integer, pg_snapshot, pg_snapshot, bigint, integer, xid8, bigint), '
     '%1$s.era_of(bigint), %1$s.current_era() TO %2$s', :SCHEMA_LITERAL_IDENT, grantee);
+END
+$$;
+
+-- As in version 1, and it notes the session's default TimeZone for capture (see
+-- canonical_output), once per session like the era.
+CREATE OR REPLACE FUNCTION :SCHEMA.current_era()
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  server bigint := (SELECT system_identifier FROM pg_control_system());
+  latest :SCHEMA.eras;
+BEGIN
+  SELECT * INTO latest FROM :SCHEMA.eras ORDER BY era DESC LIMIT 1;
+  IF latest.system_identifier IS DISTINCT FROM server THEN
+    PERFORM pg_advisory_xact_lock(hashtext(:CHANNEL || ':era'));
+    SELECT * INTO latest FROM :SCHEMA.eras ORDER BY era DESC LIMIT 1;
+    IF latest.system_identifier IS DISTINCT FROM server THEN
+      INSERT INTO :SCHEMA.eras (era, system_identifier, first_id)
+        SELECT coalesce(latest.era, 0) + 1, server, coalesce(max(l.id), 0) + 1 FROM :SCHEMA.log l
+        RETURNING * INTO latest;
+    END IF;
+  END IF;
+  IF EXISTS (SELECT FROM :SCHEMA.restored_tables()) THEN
+    PERFORM pg_advisory_xact_lock(hashtext(:CHANNEL || ':era'));
+    PERFORM :SCHEMA.follow_restored_tables();
+  END IF;
+  PERFORM set_config('pgtide.timezone_' || :SCHEMA_KEY, (SELECT ps.reset_val FROM pg_settings ps WHERE ps.name = 'TimeZone'), false);
+  PERFORM set_config('pgtide.era_' || :SCHEMA_KEY, latest.era::text, false);
+  RETURN latest.era;
 END
 $$;
 

@@ -14,7 +14,7 @@ const sqlDir = fileURLToPath(new URL('../../sql/', import.meta.url));
 const shipped: Record<string, string> = {
   '000001.sql': 'd1eb0d79a888a0f92bf86f7db71048d5cba9da0156a7127b48c62f5e52b73554',
   '000002.sql': 'dcbfdb005a5a826e1caa3341d1c682bff7705dd0a64d4f65f1c01f04e4c4494c',
-  '000003.sql': 'ce3e40dbfde43b5d1f072bbe1bb292b96567e14e312cca8e2376499e804d94f9',
+  '000003.sql': 'b3cbb5df4df7151abdf7b6fa83d2174a4ee19abf3be21ab0a87114791154002f',
 };
 
 describe('migrations', () => {

@@ -713,7 +713,7 @@ describe('tables, schemas and columns with hostile names', () => {
           const consumer = `${column} ⇢ ${hostileRun}`;
           try {
             await tide.watch(ref);
-            expect(await triggersOn(schema, table)).toBe(5);
+            expect(await triggersOn(schema, table)).toBe(6);
             // The literal 'schema.name' form names the same table when it can.
             if (!`${schema}${table}`.includes('"') && !`${schema}${table}`.includes('.')) await tide.watch(`${schema}.${table}`);
 
