@@ -11,6 +11,7 @@
 import pg from 'pg';
 import { connect } from '../../src/index.js';
 import type { Channel } from '../worker.js';
+import { cpuSince, serverCpu } from '../lib/cpu.js';
 import { connectedClient, createTableSql, silentLogger } from '../lib/db.js';
 import { nowMs, sleep } from '../lib/stats.js';
 
@@ -22,6 +23,8 @@ export interface IdleArgs {
   /** Wait after opening (or not) the unrelated transaction, before counting. */
   readonly settleMs: number;
   readonly runs: number;
+  /** The server's postmaster, for its CPU (lib/cpu.ts). */
+  readonly postmaster: number;
 }
 
 export type IdleMode = 'open' | 'clear';
@@ -31,6 +34,8 @@ export interface IdleRun {
   readonly queries: number;
   readonly seconds: number;
   readonly perSecond: number;
+  /** CPU ms per second of every server process meanwhile (the open transaction's backend idles). */
+  readonly serverCpuMsPerSecond: number;
   /** Queries by kind (the pgtide function or statement they run). */
   readonly byKind: Record<string, number>;
 }
@@ -102,10 +107,12 @@ export default async function idle(args: IdleArgs, _channel: Channel): Promise<I
       await sleep(args.settleMs);
       queries = 0;
       byKind = new Map();
+      const cpuBefore = serverCpu(args.postmaster);
       const start = nowMs();
       await sleep(args.idleMs);
       const seconds = (nowMs() - start) / 1000;
-      runs.push({ mode, queries, seconds, perSecond: queries / seconds, byKind: Object.fromEntries(byKind) });
+      const serverCpuMsPerSecond = cpuSince(cpuBefore, serverCpu(args.postmaster)) / seconds;
+      runs.push({ mode, queries, seconds, perSecond: queries / seconds, serverCpuMsPerSecond, byKind: Object.fromEntries(byKind) });
       if (mode === 'open') await blocker.query('COMMIT');
     }
   }

@@ -39,15 +39,19 @@ export default async function replay(args: ReplayArgs, _channel: Channel): Promi
   } else {
     const client = new pg.Client({ connectionString: args.url });
     await client.connect();
-    const start = nowMs();
-    // The same rows, columns and order pgtide reads, in one server-side cursor.
-    const cursor = client.query(
-      new Cursor(
-        `SELECT l.id, l.pos, l.txid, l.op, l.changed, l.new, l.old, l.written_at
-           FROM pgtide.log l WHERE l.relid = $1::regclass ORDER BY l.pos, l.id`,
-        [args.table],
-      ),
+    // The same rows, columns and order pgtide reads, in one server-side cursor. Logs
+    // before the snapshot-batch reader (issue 9) have a position column and are read in
+    // (pos, id) order; since then one batch (all of a backlog) is read in id order.
+    const { rows: found } = await client.query<{ has_pos: boolean }>(
+      `SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'pgtide.log'::regclass AND attname = 'pos' AND NOT attisdropped) AS has_pos`,
     );
+    const text = found[0]!.has_pos
+      ? `SELECT l.id, l.pos, l.txid, l.op, l.changed, l.new, l.old, l.written_at
+           FROM pgtide.log l WHERE l.relid = $1::regclass ORDER BY l.pos, l.id`
+      : `SELECT l.id, l.txid, l.op, l.changed, l.new, l.old, l.written_at
+           FROM pgtide.log l WHERE l.relid = $1::regclass ORDER BY l.id`;
+    const start = nowMs();
+    const cursor = client.query(new Cursor(text, [args.table]));
     for (;;) {
       const batch = await cursor.read(args.batch);
       rows += batch.length;

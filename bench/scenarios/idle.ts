@@ -15,7 +15,7 @@ const pollInterval = 1000;
 
 export async function idleQueriesRow(server: BenchServer, settings: Settings): Promise<Row> {
   const url = await freshDatabase(server.url, 'bench_idle');
-  const args: IdleArgs = { url, tables, idleMs: settings.idleMs, settleMs: pollInterval + 500, runs: settings.runs };
+  const args: IdleArgs = { url, tables, idleMs: settings.idleMs, settleMs: pollInterval + 500, runs: settings.runs, postmaster: server.postmaster };
   const result = await runJob<IdleResult>('idle', args);
   const of = (mode: IdleMode) => result.runs.filter((run) => run.mode === mode);
   const open = of('open');
@@ -43,6 +43,18 @@ export async function idleQueriesRow(server: BenchServer, settings: Settings): P
             name: 'nothing open',
             value: summarize(clear.map((run) => run.perSecond)),
             ratio: summarize(open.map((run, index) => run.perSecond / clear[index]!.perSecond)),
+          },
+        ],
+      },
+      {
+        metric: 'server CPU (all processes)',
+        unit: 'ms/s',
+        pgtide: summarize(open.map((run) => run.serverCpuMsPerSecond)),
+        baselines: [
+          {
+            name: 'nothing open',
+            value: summarize(clear.map((run) => run.serverCpuMsPerSecond)),
+            ratio: summarize(open.map((run, index) => run.serverCpuMsPerSecond / clear[index]!.serverCpuMsPerSecond)),
           },
         ],
       },

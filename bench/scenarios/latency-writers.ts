@@ -63,6 +63,11 @@ class Rig {
     }
   }
 
+  /** Rows written so far: the table's rows in the log (reads cost more as it grows, see bench/README.md). */
+  get written(): number {
+    return this.nextId - 1;
+  }
+
   private command(command: Command): void {
     this.job.send('command', command);
   }
@@ -129,10 +134,10 @@ function summaryOf<Mode extends string>(mode: Mode, samples: Float64Array, sent:
   return { mode, p50: quantile(samples, 0.5), p99: quantile(samples, 0.99), max: quantile(samples, 1), sent, lost, rate };
 }
 
-/** The p50 and p99 figures of `mode` against each baseline mode, runs paired in order. */
+/** The p50, p99 and max figures of `mode` against each baseline mode, runs paired in order. */
 function latencyFigures<Mode extends string>(runs: ReadonlyArray<Run<Mode>>, mode: Mode, baselines: ReadonlyArray<[Mode, string]>): Figure[] {
   const of = (wanted: Mode) => runs.filter((run) => run.mode === wanted);
-  return (['p50', 'p99'] as const).map((metric) => {
+  return (['p50', 'p99', 'max'] as const).map((metric) => {
     const measured = of(mode);
     return {
       metric: `${metric} from send`,
@@ -186,6 +191,7 @@ export async function latency4wRow(server: BenchServer, settings: Settings): Pro
   const figures = latencyFigures(runs, '4 writers', [['1 writer', `1 writer at ${rate / 1000}k/s`]]);
   const notes = rateNotes(runs, () => rate);
   if (subscriber.duplicates > 0) notes.push(`${subscriber.duplicates} change(s) arrived twice`);
+  notes.push(`the table's log held ${rig.written} rows at the end (runs in order: ${runs.map((run) => `${run.mode} p50 ${run.p50.toFixed(2)}`).join(', ')})`);
   const p99 = figures[1]!.pgtide.median;
   return {
     id: 'latency-4w',
@@ -197,6 +203,7 @@ export async function latency4wRow(server: BenchServer, settings: Settings): Pro
     extra: {
       maxLatency: Object.fromEntries(['4 writers', '1 writer'].map((mode) => [mode, summarize(runs.filter((run) => run.mode === mode).map((run) => run.max))])),
       achievedRate: summarize(runs.map((run) => run.rate)),
+      logRows: rig.written,
       subscriber,
       runs,
     },
@@ -267,6 +274,7 @@ export async function latencyBlockedRow(server: BenchServer, settings: Settings)
   figures.push({ metric: 'delivered while it was open', unit: '%', pgtide: delivered, baselines: [] });
   const notes = rateNotes(runs, () => rate);
   if (subscriber.duplicates > 0) notes.push(`${subscriber.duplicates} change(s) arrived twice`);
+  notes.push(`the table's log held ${rig.written} rows at the end`);
   if (evidence.some((seen) => !seen.runningInBenchSnapshot)) notes.push(`the unrelated transaction was not running in the bench database's snapshot: ${JSON.stringify(evidence)}`);
   const [p50, p99] = figures;
   return {
@@ -284,6 +292,7 @@ export async function latencyBlockedRow(server: BenchServer, settings: Settings)
       graceMs,
       maxLatency: Object.fromEntries(['blocked', 'clear'].map((mode) => [mode, summarize(runs.filter((run) => run.mode === mode).map((run) => run.max))])),
       blockerXids: evidence,
+      logRows: rig.written,
       subscriber,
       runs,
     },
