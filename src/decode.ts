@@ -54,10 +54,9 @@ export class RowDecoder {
     return known.shape;
   }
 
-  /** A logged row: record text in its shape, or (rows logged before schema version 3, no shape) json. */
+  /** A logged row, record text in its shape (see `load`). */
   decode(text: string | null, shapeId: number | null): RowData | null {
-    if (text === null) return null;
-    if (shapeId === null) return JSON.parse(text) as RowData;
+    if (text === null || shapeId === null) return null;
     const known = this.shapes.get(shapeId)!;
     const fields = parseRecord(text);
     const { columns } = known.shape;

@@ -232,7 +232,7 @@ export class LogReader {
   }
 }
 
-/** A log row as the database returns it: rows as record text (json before schema version 3). */
+/** A log row as the database returns it: rows as record text. */
 type RawRow = Omit<LogRow, 'new' | 'old'> & { readonly new: string | null; readonly old: string | null };
 
 /** A batch of several tables (see `LogReader.batch`). */

@@ -176,7 +176,7 @@ describe('unwatch and close', () => {
         Array.from({ length: 10 }, () => connect({ connectionString: fresh.url, logger: quietLogger })),
       );
       const { rows } = await fresh.pool.query(`SELECT version FROM pgtide.migrations ORDER BY version`);
-      expect(rows).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }]);
+      expect(rows).toEqual([{ version: 1 }, { version: 2 }]);
       await Promise.all(tides.map((each) => each.close()));
       const again = await connect({ connectionString: fresh.url, logger: quietLogger });
       await again.close();
@@ -232,7 +232,7 @@ describe('status', () => {
     expect(listed).toMatchObject({ columns: ['b'], changes: 2 });
     expect((await tide.watch('reported')).columns).toBeNull();
     const stats = await tide.logStats();
-    expect(stats.schemaVersion).toBe(3);
+    expect(stats.schemaVersion).toBe(2);
     expect(stats.changes).toBeGreaterThanOrEqual(2);
     expect(stats.bytes).toBeGreaterThan(0);
     expect(stats.oldestWrittenAt).toBeInstanceOf(Date);

@@ -12,9 +12,8 @@ const sqlDir = fileURLToPath(new URL('../../sql/', import.meta.url));
  * checksum here when it ships.
  */
 const shipped: Record<string, string> = {
-  '000001.sql': 'd1eb0d79a888a0f92bf86f7db71048d5cba9da0156a7127b48c62f5e52b73554',
-  '000002.sql': 'dcbfdb005a5a826e1caa3341d1c682bff7705dd0a64d4f65f1c01f04e4c4494c',
-  '000003.sql': 'b3cbb5df4df7151abdf7b6fa83d2174a4ee19abf3be21ab0a87114791154002f',
+  '000001.sql': '7fb91bea19e7d4d0557a3bc46b0e1b93841b1b49e263656d24cbc3e90666fa2f',
+  '000002.sql': '3f66a7ec7791f07ed4d3264b4fd5907f615511009ff2cade25391d075e3fbaf4',
 };
 
 describe('migrations', () => {
