@@ -87,9 +87,56 @@ export function trackedStream<T>(context: StreamContext, create: (subscriber: Su
   });
 }
 
+/**
+ * What every stream of a Tide shares: ending once (complete, unsubscribe or failure),
+ * and saving its consumer position on the way out unless it ended like a crash.
+ */
+export abstract class StreamBase<T> implements RunningStream {
+  protected ended = false;
+  private stopping: Promise<void> | undefined;
+  /** Processed/unprocessed bookkeeping, for a durable consumer only. */
+  protected ledger: Ledger | undefined;
+
+  constructor(protected readonly subscriber: Subscriber<T>) {}
+
+  abstract run(): Promise<void>;
+
+  /** Stops reading: leaves feeds, wakes what sleeps. */
+  protected abstract stopReading(): void;
+
+  /** Completes the subscriber (the Tide closed). */
+  async complete(flush: boolean): Promise<void> {
+    if (this.ended) return;
+    const saved = this.teardown(flush);
+    this.subscriber.complete();
+    await saved;
+  }
+
+  /**
+   * Stops reading; a consumer's processed position is saved when `flush`. Only the
+   * first call counts: after `terminate()` completes a stream, the unsubscribe that
+   * follows must not save after all.
+   */
+  teardown(flush: boolean): Promise<void> {
+    if (!this.stopping) {
+      this.ended = true;
+      this.stopReading();
+      this.stopping = this.ledger?.close(flush) ?? Promise.resolve();
+    }
+    return this.stopping;
+  }
+
+  /** Errors the subscriber, without saving (what was delivered is delivered again). */
+  fail(error: unknown): void {
+    if (this.ended) return;
+    void this.teardown(false);
+    this.subscriber.error(error);
+  }
+}
+
 const defaultMaxInFlight = 1000;
 
-class ChangeStream<Row> implements FeedMember, RunningStream {
+class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMember {
   rowKey?: string;
   private info: TableInfo | undefined;
   private cursor: Position = { era: 1, base: NOTHING_VISIBLE };
@@ -98,21 +145,18 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
   private feed: ReturnType<Hub['feed']> | undefined;
   /** Rows the feed handed over while the gap before them was still being read. */
   private buffered: Array<[LogItem, Position]> | undefined;
-  private ended = false;
-  private stopping: Promise<void> | undefined;
   private caughtUp = false;
   private select: ((change: Change) => Change | undefined) | undefined;
-  /** Processed/unprocessed bookkeeping, for a durable consumer only. */
-  private ledger: Ledger | undefined;
   private readonly maxInFlight: number;
 
   constructor(
     private readonly context: StreamContext,
     private readonly table: string,
     private readonly options: ChangesOptions<Row>,
-    private readonly subscriber: Subscriber<StreamEvent<Row>>,
+    subscriber: Subscriber<StreamEvent<Row>>,
     private readonly resume: ResumePoint,
   ) {
+    super(subscriber);
     this.maxInFlight = options.maxInFlight ?? defaultMaxInFlight;
   }
 
@@ -145,26 +189,8 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
     }
   }
 
-  /** Completes the subscriber (the Tide closed). */
-  async complete(flush: boolean): Promise<void> {
-    if (this.ended) return;
-    const saved = this.teardown(flush);
-    this.subscriber.complete();
-    await saved;
-  }
-
-  /**
-   * Stops reading; a consumer's processed position is saved when `flush`. Only the
-   * first call counts: after `terminate()` completes a stream, the unsubscribe that
-   * follows must not save after all.
-   */
-  teardown(flush: boolean): Promise<void> {
-    if (!this.stopping) {
-      this.ended = true;
-      this.detach();
-      this.stopping = this.ledger?.close(flush) ?? Promise.resolve();
-    }
-    return this.stopping;
+  protected stopReading(): void {
+    this.detach();
   }
 
   receive(item: LogItem, position: Position): void {
@@ -193,11 +219,6 @@ class ChangeStream<Row> implements FeedMember, RunningStream {
     this.feed = undefined;
   }
 
-  fail(error: unknown): void {
-    if (this.ended) return;
-    void this.teardown(false);
-    this.subscriber.error(error);
-  }
 
   /** Replays from the cursor, then joins the shared feed. */
   private async follow(info: TableInfo): Promise<void> {

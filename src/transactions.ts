@@ -2,7 +2,7 @@ import type { Observable, Subscriber } from 'rxjs';
 import { sleep } from './backoff.js';
 import type { TableInfo } from './catalog.js';
 import { toChange, withRowSchema } from './change.js';
-import { trackedStream, type RunningStream, type StreamContext } from './changes.js';
+import { StreamBase, trackedStream, type StreamContext } from './changes.js';
 import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import { NOTHING_VISIBLE, type Batch, type Position } from './log.js';
@@ -32,10 +32,7 @@ export function transactionEvents<Row>(
 
 const firstPendingDelay = 1;
 
-class TransactionStream<Row> implements RunningStream {
-  private ended = false;
-  private stopping: Promise<void> | undefined;
-  private ledger: Ledger | undefined;
+class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
   private wake: (() => void) | undefined;
   private woken = false;
   private unlisten: (() => void) | undefined;
@@ -44,8 +41,10 @@ class TransactionStream<Row> implements RunningStream {
     private readonly context: TransactionsContext,
     private readonly tables: readonly string[],
     private readonly options: TransactionsOptions<Row>,
-    private readonly subscriber: Subscriber<Transaction<Row>>,
-  ) {}
+    subscriber: Subscriber<Transaction<Row>>,
+  ) {
+    super(subscriber);
+  }
 
   async run(): Promise<void> {
     try {
@@ -98,27 +97,9 @@ class TransactionStream<Row> implements RunningStream {
     }
   }
 
-  async complete(flush: boolean): Promise<void> {
-    if (this.ended) return;
-    const saved = this.teardown(flush);
-    this.subscriber.complete();
-    await saved;
-  }
-
-  teardown(flush: boolean): Promise<void> {
-    if (!this.stopping) {
-      this.ended = true;
-      this.unlisten?.();
-      this.wake?.();
-      this.stopping = this.ledger?.close(flush) ?? Promise.resolve();
-    }
-    return this.stopping;
-  }
-
-  private fail(error: unknown): void {
-    if (this.ended) return;
-    void this.teardown(false);
-    this.subscriber.error(error);
+  protected stopReading(): void {
+    this.unlisten?.();
+    this.wake?.();
   }
 
   private nudge(): void {
