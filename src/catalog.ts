@@ -124,9 +124,9 @@ export async function canonicalKey(pool: Pool, info: TableInfo, values: Record<s
       (typeof values[column] === 'string' || (typeof values[column] === 'number' && Number.isSafeInteger(values[column]))),
   );
   if (plain) return values;
-  const select = info.keyColumns.map((column, index) => `CAST($${index + 1} AS ${info.keyTypes[index]}) AS c${index}`).join(', ');
+  const select = info.keyTypes.map((type, index) => `CAST($${index + 1} AS ${type}) AS c${index}`).join(', ');
   try {
-    const { rows } = await pool.query<Record<string, unknown>>(`SELECT ${select}`, info.keyColumns.map((column) => values[column]));
+    const { rows } = await pool.query<Record<string, unknown>>(`SELECT ${select}`, info.keyColumns.map((key) => values[key]));
     const canonical: Record<string, unknown> = {};
     info.keyColumns.forEach((column, index) => (canonical[column] = rows[0]![`c${index}`]));
     return canonical;

@@ -24,8 +24,26 @@ export interface HubSettings {
   readonly reconnectTimeout: number;
 }
 
-/** First re-read delay (ms) while writers that skipped NOTIFY are committing; doubles up to pollInterval. */
-const firstPendingDelay = 1;
+/**
+ * Re-read delays while writers that skipped NOTIFY are committing: from 1 ms, doubling
+ * up to `pollInterval` while they stay (a prepared transaction can stay for long).
+ */
+export class PendingBackoff {
+  private delay = 1;
+
+  constructor(private readonly pollInterval: number) {}
+
+  /** After a read: how long to wait before reading again, or undefined when none are committing. */
+  next(pending: boolean): number | undefined {
+    if (!pending) {
+      this.delay = 1;
+      return undefined;
+    }
+    const delay = this.delay;
+    this.delay = Math.min(this.pollInterval, delay * 2);
+    return delay;
+  }
+}
 
 /**
  * One reader per watched table, shared by every stream of this process that has caught
@@ -39,7 +57,7 @@ export class TableFeed {
   private again = false;
   private stopped = false;
   private pendingTimer: NodeJS.Timeout | undefined;
-  private pendingDelay = firstPendingDelay;
+  private readonly backoff: PendingBackoff;
   private readonly readWaiters: Array<() => void> = [];
   private readonly readListeners = new Set<(feed: TableFeed) => void>();
 
@@ -48,7 +66,9 @@ export class TableFeed {
     private cursor: Position,
     private readonly settings: HubSettings,
     private readonly onIdle: (feed: TableFeed) => void,
-  ) {}
+  ) {
+    this.backoff = new PendingBackoff(settings.pollInterval);
+  }
 
   /** Everything up to this position has been handed to the members. */
   get position(): Position {
@@ -159,17 +179,14 @@ export class TableFeed {
       this.reading = false;
     }
     for (const listener of this.readListeners) listener(this);
-    if (pending) {
-      // A writer that left the NOTIFY to another is finishing its commit: read again in
-      // a moment, backing off while it stays (a prepared transaction can stay for long).
+    // A writer that left the NOTIFY to another is finishing its commit: read again soon.
+    const delay = this.backoff.next(pending);
+    if (delay !== undefined) {
       this.pendingTimer = setTimeout(() => {
         this.pendingTimer = undefined;
         this.nudge();
-      }, this.pendingDelay);
+      }, delay);
       this.pendingTimer.unref();
-      this.pendingDelay = Math.min(this.settings.pollInterval, this.pendingDelay * 2);
-    } else {
-      this.pendingDelay = firstPendingDelay;
     }
   }
 

@@ -75,8 +75,6 @@ export function isDelivered(position: Position, era: number, txid: bigint, id: b
 }
 
 export interface LogPage {
-  /** The era the rows belong to. */
-  readonly era: number;
   readonly rows: LogRow[];
   /** The position after each row (same length as `rows`). */
   readonly positions: Position[];
@@ -151,7 +149,7 @@ export class LogReader {
     // A batch that ends in a closed era leaves the rest of that era to read first.
     else if (first.closed && !position.upto) next = { era: era + 1, base: NOTHING_VISIBLE };
     else next = { era, base: upto };
-    return { era, rows: found, positions, next, full: full || first.closed, pending: first.pending };
+    return { rows: found, positions, next, full: full || first.closed, pending: first.pending };
   }
 
   /**
@@ -180,7 +178,7 @@ export class LogReader {
       }
     }
     rows.sort((a, b) => compareIds(a.row.id, b.row.id));
-    return { era: from.era, rows, next, pending };
+    return { rows, next, pending };
   }
 
   private async decode(rows: readonly RawRow[]): Promise<LogRow[]> {
@@ -237,7 +235,6 @@ type RawRow = Omit<LogRow, 'new' | 'old'> & { readonly new: string | null; reado
 
 /** A batch of several tables (see `LogReader.batch`). */
 export interface Batch {
-  readonly era: number;
   /** The rows of every table, in id order. */
   readonly rows: ReadonlyArray<{ readonly relid: number; readonly row: LogRow }>;
   /** Where the reader stands after the batch. */

@@ -5,6 +5,7 @@ import { toChange, withRowSchema } from './change.js';
 import { StreamBase, trackedStream, type StreamContext } from './changes.js';
 import { recordDelivery, Ledger } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
+import { PendingBackoff } from './hub.js';
 import { NOTHING_VISIBLE, type Batch, type Position } from './log.js';
 import { lostConnection } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
@@ -29,8 +30,6 @@ export function transactionEvents<Row>(
 ): Observable<Transaction<Row>> {
   return trackedStream(context, (subscriber) => new TransactionStream<Row>(context, tables, options, subscriber));
 }
-
-const firstPendingDelay = 1;
 
 class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
   private wake: (() => void) | undefined;
@@ -62,7 +61,7 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
           this.context.logger,
         );
       }
-      let pendingDelay = firstPendingDelay;
+      const backoff = new PendingBackoff(this.context.pollInterval);
       let failingSince: number | undefined;
       while (!this.ended) {
         this.woken = false;
@@ -82,13 +81,7 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
         this.emitBatch(batch, infos, position);
         position = batch.next;
         if (batch.rows.length > 0) continue;
-        if (batch.pending) {
-          await this.idle(pendingDelay);
-          pendingDelay = Math.min(this.context.pollInterval, pendingDelay * 2);
-        } else {
-          pendingDelay = firstPendingDelay;
-          await this.idle(this.context.pollInterval);
-        }
+        await this.idle(backoff.next(batch.pending) ?? this.context.pollInterval);
       }
     } catch (error) {
       if (this.ended) return;
