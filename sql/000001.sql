@@ -445,8 +445,7 @@ BEGIN
                       SELECT $1, %s::oid, ''d'', %s, %s, clock_timestamp(), CASE WHEN row_number() OVER () = 1 THEN true END
                         FROM %s o',
                      :SCHEMA_LITERAL_IDENT, route.parent::oid,
-                     (SELECT 'ROW(' || string_agg(format('o.%I', a.attname), ', ' ORDER BY a.attnum) || ')::text'
-                        FROM pg_attribute a WHERE a.attrelid = route.parent AND a.attnum > 0 AND NOT a.attisdropped),
+                     :SCHEMA.record_text(route.parent, 'o'),
                      route.shape, TG_RELID::regclass)
         USING pg_current_xact_id();
       PERFORM :SCHEMA.restore_output(styles);
@@ -500,6 +499,18 @@ CREATE CONSTRAINT TRIGGER wake_readers AFTER INSERT ON :SCHEMA.log
 -- The wake-up fires under every session_replication_role too.
 ALTER TABLE :SCHEMA.log ENABLE ALWAYS TRIGGER wake_readers;
 
+-- The SQL for the record text of row `alias` in the columns of `parent`, in its order: a
+-- partition's row logged in its watched table's shape.
+CREATE FUNCTION :SCHEMA.record_text(parent regclass, alias text)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT 'ROW(' || string_agg(format('%I.%I', alias, a.attname), ', ' ORDER BY a.attnum) || ')::text'
+    FROM pg_attribute a WHERE a.attrelid = parent AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
 -- The shape of a relation's rows now: the latest one with these columns and types.
 CREATE FUNCTION :SCHEMA.shape_of(rel regclass)
 RETURNS integer
@@ -551,10 +562,8 @@ BEGIN
     row_of_n := 'ROW(n.*)::text';
     row_of_o := 'ROW(o.*)::text';
   ELSE
-    SELECT 'ROW(' || string_agg(format('n.%I', a.attname), ', ' ORDER BY a.attnum) || ')::text',
-           'ROW(' || string_agg(format('o.%I', a.attname), ', ' ORDER BY a.attnum) || ')::text'
-      INTO row_of_n, row_of_o
-      FROM pg_attribute a WHERE a.attrelid = parent AND a.attnum > 0 AND NOT a.attisdropped;
+    row_of_n := :SCHEMA.record_text(parent, 'n');
+    row_of_o := :SCHEMA.record_text(parent, 'o');
   END IF;
   IF op = 'insert' THEN
     RETURN format('INSERT INTO %s.log (txid, relid, op, new, shape, written_at, wake) SELECT $1, %s::oid, ''i'', %s, %s, $2, %s FROM new_rows n',
