@@ -22,7 +22,7 @@ export function toChange(row: LogRow, table: TableInfo): Change {
     key,
     new: after,
     old: before,
-    changed: row.changed ?? (keySource ? columnsOf(keySource, table) : []),
+    changed: row.changed ?? row.columns.slice(),
     committedAt: new Date(row.written_ms),
   };
 }
@@ -36,8 +36,8 @@ export function toSchemaChange(table: TableInfo, columns: readonly string[]): Sc
 export type LogItem = Change | SchemaChange;
 
 /** Builds what a log row stands for. */
-export function toItem(row: LogRow, table: TableInfo, columnsOf: (shape: number) => readonly string[]): LogItem {
-  return row.op === 's' ? toSchemaChange(table, columnsOf(row.shape!)) : toChange(row, table);
+export function toItem(row: LogRow, table: TableInfo): LogItem {
+  return row.op === 's' ? toSchemaChange(table, row.columns) : toChange(row, table);
 }
 
 /** Whether an item is a schema change (not a change). */
@@ -64,13 +64,6 @@ export function projectRow(row: RowData | undefined, keep: ReadonlySet<string>):
   const projected: RowData = {};
   for (const column of Object.keys(row)) if (keep.has(column)) projected[column] = row[column];
   return projected;
-}
-
-/** A row's columns in table order (jsonb orders keys by length), then any the cached table info lacks. */
-function columnsOf(row: RowData, table: TableInfo): string[] {
-  const known = table.columns.filter((column) => column in row);
-  if (known.length === Object.keys(row).length) return known;
-  return [...known, ...Object.keys(row).filter((column) => !table.columns.includes(column))];
 }
 
 /**

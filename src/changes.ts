@@ -265,6 +265,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       reconnectTimeout: this.context.reconnectTimeout,
       checkPending: false,
       limit: () => this.pageLimit(),
+      readAhead: !this.ledger,
       deliver: (page) => this.deliverPage(page),
       stopped: () => this.ended || this.context.closed(),
     });
@@ -323,7 +324,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     const info = this.info!;
     for (let index = 0; index < page.rows.length; index += 1) {
       if (this.ended) return false;
-      this.emit(toItem(page.rows[index]!, info, this.columnsOf), page.positions[index]!);
+      this.emit(toItem(page.rows[index]!, info), page.positions[index]!);
     }
     if (this.ended) return false;
     if (page.next !== this.cursor) {
@@ -333,7 +334,6 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     return true;
   }
 
-  private readonly columnsOf = (shape: number) => this.context.reader.decoder.shape(shape).columns;
 
   private emit(item: LogItem, position: Position): void {
     // Update state before emitting: a subscriber may unsubscribe from inside next().

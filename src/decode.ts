@@ -22,7 +22,7 @@ export interface Shape {
  * built once from the catalog's type oids.
  */
 export class RowDecoder {
-  private readonly shapes = new Map<number, { readonly shape: Shape; readonly parsers: readonly TextParser[] }>();
+  private readonly shapes = new Map<number, KnownShape>();
   private readonly getTypeParser: (oid: number) => TextParser;
 
   constructor(
@@ -43,7 +43,8 @@ export class RowDecoder {
     );
     for (const row of rows) {
       const shape: Shape = { id: row.id, columns: row.columns, types: row.types.map(Number) };
-      this.shapes.set(row.id, { shape, parsers: shape.types.map((oid) => this.getTypeParser(oid)) });
+      const parsers = shape.types.map((oid) => rememberLast(this.getTypeParser(oid)));
+      this.shapes.set(row.id, { shape, parsers, build: rowBuilder(shape.columns) });
     }
   }
 
@@ -68,13 +69,56 @@ export class RowDecoder {
         { shape: shapeId },
       );
     }
-    const row: RowData = {};
-    for (let index = 0; index < columns.length; index += 1) {
-      const field = fields[index]!;
-      row[columns[index]!] = field === null ? null : known.parsers[index]!(field);
-    }
-    return row;
+    return known.build(fields, known.parsers);
   }
+}
+
+interface KnownShape {
+  readonly shape: Shape;
+  readonly parsers: readonly FieldParser[];
+  readonly build: RowBuilder;
+}
+
+/** Makes a row from a record's fields, each parsed by its column's parser. */
+type RowBuilder = (fields: ReadonlyArray<string | null>, parsers: readonly FieldParser[]) => RowData;
+
+/**
+ * A row builder for these columns: one object literal, so every row of a shape gets its
+ * properties in one go and shares one hidden class (a fifth of decoding, against adding
+ * properties one by one). Column names enter the source only as JSON string literals;
+ * `__proto__` as a computed key, so it is an own property like any other column.
+ */
+function rowBuilder(columns: readonly string[]): RowBuilder {
+  const properties = columns.map((column, index) => {
+    const name = JSON.stringify(column);
+    return `${column === '__proto__' ? `[${name}]` : name}: fields[${index}] === null ? null : parsers[${index}](fields[${index}])`;
+  });
+  return new Function('fields', 'parsers', `return { ${properties.join(', ')} };`) as RowBuilder;
+}
+
+/** A column's parser, given the field's text. */
+type FieldParser = (text: string) => unknown;
+
+/**
+ * A parser that skips parsing a field equal to the one before it: the rows of one bulk
+ * statement often repeat a column (`now()`, a status). A parser is taken to be a function
+ * of its text; what it returned is reused only when that cannot be shared by mistake: a
+ * primitive as it is, a `Date` as a new `Date` of the same time, and anything else (a
+ * `Buffer`, an array, an object) never.
+ */
+function rememberLast(parse: TextParser): FieldParser {
+  let lastText: string | undefined;
+  let lastValue: unknown;
+  let lastIsDate = false;
+  return (text) => {
+    if (text === lastText) return lastIsDate ? new Date((lastValue as Date).getTime()) : lastValue;
+    const value = parse(text);
+    lastIsDate = value instanceof Date;
+    const reusable = lastIsDate || value === null || (typeof value !== 'object' && typeof value !== 'function');
+    lastText = reusable ? text : undefined;
+    lastValue = value;
+    return value;
+  };
 }
 
 /**

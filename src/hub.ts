@@ -159,10 +159,11 @@ export class TableFeed {
           reconnectTimeout: this.settings.reconnectTimeout,
           checkPending: true,
           limit: () => this.settings.pageSize,
+          readAhead: true,
           stopped: () => this.stopped,
           deliver: (page) => {
             for (let index = 0; index < page.rows.length; index += 1) {
-              this.dispatch(toItem(page.rows[index]!, this.table, this.columnsOf), page.positions[index]!);
+              this.dispatch(toItem(page.rows[index]!, this.table), page.positions[index]!);
             }
             this.cursor = page.next;
             if (!this.cursor.upto) for (const wake of this.readWaiters.splice(0)) wake();
@@ -190,7 +191,6 @@ export class TableFeed {
     }
   }
 
-  private readonly columnsOf = (shape: number) => this.settings.reader.decoder.shape(shape).columns;
 
   private dispatch(item: LogItem, position: Position): void {
     for (const member of this.everyRow) member.receive(item, position);

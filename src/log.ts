@@ -63,6 +63,8 @@ export interface LogRow {
   readonly new: RowData | null;
   readonly old: RowData | null;
   readonly shape: number | null;
+  /** The columns of `new` and `old`, in table order (the shape's); empty without a shape. */
+  readonly columns: readonly string[];
   /** `written_at` as epoch milliseconds: parsing timestamps is a tenth of replay's CPU. */
   readonly written_ms: number;
 }
@@ -87,6 +89,11 @@ export interface LogPage {
    * when the page was read: its changes become readable in a moment.
    */
   readonly pending: boolean;
+}
+
+/** A page as read, its rows still record text (see {@link LogReader.fetch}). */
+export interface FetchedPage extends Omit<LogPage, 'rows'> {
+  readonly raw: readonly RawRow[];
 }
 
 /** Reads the log in batches (see sql/000001.sql). One instance per Tide; queries are prepared. */
@@ -120,6 +127,14 @@ export class LogReader {
    * `checkPending` asks whether writers are still committing (live reads).
    */
   async next(relid: number, position: Position, limit: number, checkPending = false): Promise<LogPage> {
+    return this.decodePage(await this.fetch(relid, position, limit, checkPending));
+  }
+
+  /**
+   * {@link next} without decoding its rows yet: where the page ends is known from the
+   * ids alone, so the following page can be asked for while this one is decoded.
+   */
+  async fetch(relid: number, position: Position, limit: number, checkPending = false): Promise<FetchedPage> {
     const { rows } = await this.pool.query<RawRow & { snapshot: string; closed: boolean; pending: boolean }>({
       name: this.pageQueryName,
       text: this.pageQuery,
@@ -134,12 +149,12 @@ export class LogReader {
       ],
     });
     const first = rows[0]!;
-    const found = first.id === null ? [] : await this.decode(rows);
+    const found = first.id === null ? [] : rows;
     const upto = position.upto ?? parseSnapshot(first.snapshot);
     if (!first.closed && !position.upto && upto.xmax < position.base.xmax) {
       // The xid counter went back (a failover to a standby that had not replayed
       // everything): later xids would look delivered. Forget what the base claims above it.
-      return this.next(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending);
+      return this.fetch(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending);
     }
     const { era, base } = position;
     const positions = found.map((row): Position => ({ era, base, upto, afterId: BigInt(row.id) }));
@@ -149,7 +164,13 @@ export class LogReader {
     // A batch that ends in a closed era leaves the rest of that era to read first.
     else if (first.closed && !position.upto) next = { era: era + 1, base: NOTHING_VISIBLE };
     else next = { era, base: upto };
-    return { rows: found, positions, next, full: full || first.closed, pending: first.pending };
+    return { raw: found, positions, next, full: full || first.closed, pending: first.pending };
+  }
+
+  /** A fetched page with its rows decoded as the pool would return them. */
+  async decodePage(fetched: FetchedPage): Promise<LogPage> {
+    const { raw, ...page } = fetched;
+    return { ...page, rows: raw.length === 0 ? [] : await this.decode(raw) };
   }
 
   /**
@@ -185,11 +206,19 @@ export class LogReader {
     const shapes = new Set<number>();
     for (const row of rows) if (row.shape !== null) shapes.add(row.shape);
     await this.decoder.load(shapes);
-    return rows.map((row) => ({
-      ...row,
-      new: this.decoder.decode(row.new, row.shape),
-      old: this.decoder.decode(row.old, row.shape),
-    }));
+    return rows.map(
+      (row): LogRow => ({
+        id: row.id,
+        txid: row.txid,
+        op: row.op,
+        changed: row.changed,
+        new: this.decoder.decode(row.new, row.shape),
+        old: this.decoder.decode(row.old, row.shape),
+        shape: row.shape,
+        columns: row.shape === null ? [] : this.decoder.shape(row.shape).columns,
+        written_ms: row.written_ms,
+      }),
+    );
   }
 
   /** The position after everything committed so far ("now"). */
@@ -230,8 +259,8 @@ export class LogReader {
   }
 }
 
-/** A log row as the database returns it: rows as record text. */
-type RawRow = Omit<LogRow, 'new' | 'old'> & { readonly new: string | null; readonly old: string | null };
+/** A log row as the page query returns it, its rows still record text. */
+export type RawRow = Omit<LogRow, 'new' | 'old' | 'columns'> & { readonly new: string | null; readonly old: string | null };
 
 /** A batch of several tables (see `LogReader.batch`). */
 export interface Batch {

@@ -1,6 +1,6 @@
 import { backoffDelay, sleep } from './backoff.js';
 import { PgTideError } from './errors.js';
-import type { LogPage, LogReader, Position } from './log.js';
+import type { FetchedPage, LogPage, LogReader, Position } from './log.js';
 import { classifyDatabaseError, isTransient } from './sql.js';
 import type { Logger } from './types.js';
 
@@ -17,6 +17,11 @@ export interface PageLoop {
   readonly checkPending: boolean;
   /** Rows the next page may hold (a consumer's in-flight window may make this wait). */
   limit(): number | Promise<number>;
+  /**
+   * Whether the next page may be read while this one is delivered: only where `limit()`
+   * does not depend on what delivery does (no in-flight window).
+   */
+  readonly readAhead: boolean;
   /** Takes one page; returns false to stop reading. */
   deliver(page: LogPage): boolean;
   /** Whether the reader has gone away: stop quietly. */
@@ -33,12 +38,20 @@ export interface PageLoop {
 export async function readPages(from: Position, loop: PageLoop): Promise<{ position: Position; pending: boolean } | undefined> {
   let position = from;
   let failingSince: number | undefined;
+  let ahead: Promise<FetchedPage> | undefined;
+  const fetch = async (at: Position): Promise<FetchedPage> => loop.reader.fetch(loop.relid, at, await loop.limit(), loop.checkPending);
   for (let attempt = 1; ; ) {
     if (loop.stopped()) return undefined;
     let page: LogPage;
     try {
-      page = await loop.reader.next(loop.relid, position, await loop.limit(), loop.checkPending);
+      const fetched = await (ahead ?? fetch(position));
+      // The server reads the next page while this one is decoded and delivered; a read
+      // that is never awaited (the loop stopped) must not reject unhandled.
+      ahead = fetched.full && loop.readAhead ? fetch(fetched.next) : undefined;
+      ahead?.catch(() => undefined);
+      page = await loop.reader.decodePage(fetched);
     } catch (error) {
+      ahead = undefined;
       if (loop.stopped()) return undefined;
       failingSince ??= Date.now();
       const giveUp = lostConnection(error, failingSince, loop.reconnectTimeout, loop.table);

@@ -575,6 +575,25 @@ function valueTests(start: () => Promise<Server>, expectedMajor: number): void {
     expect(all.changes).toHaveLength(5);
   });
 
+  it('rows of one bulk statement that repeat a value get their own Date objects; a column named __proto__ is an own property', async () => {
+    await pool.query(`CREATE TABLE repeated (id int PRIMARY KEY, at timestamptz NOT NULL, "__proto__" text, tags text[])`);
+    await tide.watch('repeated');
+    const stream = follow(tide, 'repeated');
+    await pool.query(`INSERT INTO repeated SELECT g, '2026-01-02 03:04:05.678+00', 'proto', '{a,b}' FROM generate_series(1, 3) g`);
+    await stream.until(3, 'the three inserts');
+    const { rows } = await pool.query(`SELECT * FROM repeated ORDER BY id`);
+    const values = stream.changes.map((change) => change.new as Row);
+    values.forEach((row, index) => expect(row).toEqual(rows[index]));
+    expect(values[0]!['at']).toBeInstanceOf(Date);
+    expect(values[0]!['at']).not.toBe(values[1]!['at']);
+    (values[0]!['at'] as Date).setTime(0);
+    expect((values[1]!['at'] as Date).getTime()).toBe(Date.parse('2026-01-02T03:04:05.678Z'));
+    expect(values[0]!['tags']).not.toBe(values[1]!['tags']);
+    expect(Object.getPrototypeOf(values[2])).toBe(Object.prototype);
+    expect(Object.keys(values[2]!)).toEqual(['id', 'at', '__proto__', 'tags']);
+    expect(Object.getOwnPropertyDescriptor(values[2], '__proto__')?.value).toBe('proto');
+  });
+
   it('keys are exact in state$: two rows above 2^53 are two entries, live and in the initial snapshot, equal to SELECT *', async () => {
     const live: Array<ReadonlyMap<string, Row>> = [];
     const first = tide.state$('big_state').subscribe((rows) => live.push(rows as ReadonlyMap<string, Row>));
