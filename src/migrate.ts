@@ -12,11 +12,12 @@ export const latestVersion = migrations[migrations.length - 1]!.version;
  * Brings the SDK's schema up to date: every pending migration, in one transaction,
  * under an advisory lock keyed on the schema name, so concurrent installers queue and
  * the later ones find nothing to do. A database ahead of this build is refused.
+ * `target` stops at an earlier version (tests of upgrades).
  */
-export async function migrate(pool: Pool, schema: SchemaNames): Promise<void> {
+export async function migrate(pool: Pool, schema: SchemaNames, target: number = latestVersion): Promise<void> {
   // Fast path without the lock: an application role that cannot create schemas can
   // still connect to an installed database.
-  if ((await installedVersion(pool, schema)) === latestVersion) return;
+  if ((await installedVersion(pool, schema)) >= target) return;
   await inTransaction(pool, async (client) => {
     await client.query(`SET LOCAL lock_timeout = '60s'`);
     await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`pgtide:migrate:${schema.name}`]);
@@ -33,7 +34,7 @@ export async function migrate(pool: Pool, schema: SchemaNames): Promise<void> {
     const current = rows[0]?.version ?? 0;
     assertNotAhead(current, schema);
     for (const migration of migrations) {
-      if (migration.version <= current) continue;
+      if (migration.version <= current || migration.version > target) continue;
       await client.query(`INSERT INTO ${schema.ident}.migrations (version) VALUES ($1)`, [migration.version]);
       await client.query(substitute(migration.sql, schema));
     }
