@@ -1,12 +1,14 @@
 import { Observable, type Subscriber } from 'rxjs';
 import { assertColumns, type TableInfo } from './catalog.js';
 import { isSchemaChange, rowKeyString, selectColumns, toItem, withRowSchema, type LogItem } from './change.js';
-import { recordDelivery, Ledger } from './delivery.js';
+import { Ledger, recordDelivery, recordUnacknowledged, type Stall } from './delivery.js';
+import type { ConsumerLease } from './lease.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import type { FeedMember, Hub } from './hub.js';
-import { readPages } from './pages.js';
+import { backoffDelay, sleep } from './backoff.js';
+import { lostConnection, readPages } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
-import { atOrAfter, isDelivered, NOTHING_VISIBLE, type LogPage, type LogReader, type Position } from './log.js';
+import { atOrAfter, isDelivered, NOTHING_VISIBLE, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
 import type { Change, ChangesOptions, Logger, RowData, StreamEvent } from './types.js';
 
 /** What a stream needs from its Tide. */
@@ -22,12 +24,16 @@ export interface StreamContext {
   prepare(table: string, columns: readonly string[] | undefined, check: (info: TableInfo) => void): Promise<TableInfo>;
   /** A `rowId`'s key values as the pool returns them (see `canonicalKey`). */
   canonicalKey(table: TableInfo, values: Record<string, unknown>): Promise<Record<string, unknown>>;
-  /** The consumer's cursor, registering it at `start` on first use. */
-  consumerPosition(name: string, tables: readonly TableInfo[], start: () => Promise<Position>): Promise<Position>;
-  /** Writes a consumer's processed position. */
-  saveConsumerPosition(name: string, position: Position): Promise<void>;
+  /** The consumer's cursor, registering it at `start` (run on `db`, under the prune lock) on first use. */
+  consumerPosition(name: string, tables: readonly TableInfo[], start: (db: Queryable) => Promise<Position>): Promise<Position>;
+  /** A new (not yet acquired) lease on consumer `name`. */
+  lease(name: string): ConsumerLease;
+  /** Reports a stalled consumer on `warnings$` and to the logger. */
+  reportStall(consumer: string, stall: Stall): void;
   /** Milliseconds a consumer's processed position may wait before it is written. */
   readonly acknowledgeFlushDelay: number;
+  /** See `ConnectOptions.stallTimeout`. */
+  readonly stallTimeout: number;
   /** How long (ms) reads may keep failing before the stream fails with `CONNECTION_LOST`. */
   readonly reconnectTimeout: number;
   /** Whether the Tide is closed; streams complete instead of erroring then. */
@@ -47,8 +53,12 @@ export interface ResumePoint {
 
 /** What the Tide can do to a live stream. */
 export interface TrackedStream {
+  /** The durable consumer it reads for, if any. */
+  readonly consumer: string | undefined;
   /** Completes the subscriber; with `flush`, saves the consumer position first. */
   complete(flush: boolean): Promise<void>;
+  /** Errors the subscriber (its consumer expired, say) without saving. */
+  fail(error: unknown): void;
 }
 
 /**
@@ -96,13 +106,89 @@ export abstract class StreamBase<T> implements RunningStream {
   private stopping: Promise<void> | undefined;
   /** Processed/unprocessed bookkeeping, for a durable consumer only. */
   protected ledger: Ledger | undefined;
+  /** The consumer's lease while this stream is (or waits to be) its reader. */
+  protected lease: ConsumerLease | undefined;
+  /** The lease positions are saved through: only one that is held (see `openConsumer`). */
+  private savingLease: ConsumerLease | undefined;
 
-  constructor(protected readonly subscriber: Subscriber<T>) {}
+  constructor(
+    protected readonly subscriber: Subscriber<T>,
+    readonly consumer: string | undefined,
+  ) {}
 
   abstract run(): Promise<void>;
 
   /** Stops reading: leaves feeds, wakes what sleeps. */
   protected abstract stopReading(): void;
+
+  /** Tells the subscriber that another stream reads for this consumer (events$ only). */
+  protected abstract standby(consumer: string): void;
+
+  /**
+   * Becomes the consumer's one reader: takes its lease (waiting as a standby while
+   * another stream holds it), then reads its position and starts its ledger, retrying
+   * while the database is unreachable (up to `reconnectTimeout`). Resolves with the
+   * position, or undefined if the stream ended meanwhile.
+   */
+  protected async openConsumer(
+    context: StreamContext,
+    consumer: string,
+    tables: readonly TableInfo[],
+    start: (db: Queryable) => Promise<Position>,
+    maxInFlight?: number,
+  ): Promise<{ readonly position: Position; readonly resumed: boolean } | undefined> {
+    let failingSince: number | undefined;
+    for (let attempt = 1; ; attempt += 1) {
+      if (this.ended) return undefined;
+      const lease = context.lease(consumer);
+      this.lease = lease;
+      lease.onLost((error) => {
+        if (this.lease !== lease) return;
+        this.savingLease = undefined;
+        this.leaseLost(error);
+      });
+      try {
+        if (!(await lease.acquire(() => this.standby(consumer))) || this.ended) return undefined;
+        const position = await context.consumerPosition(consumer, tables, start);
+        if (this.ended) return undefined;
+        // Back after a lost lease, and nobody moved the position meanwhile: what this
+        // stream delivered and holds in flight is still its own to finish.
+        if (this.ledger && samePosition(this.ledger.savedPosition, position)) {
+          this.savingLease = lease;
+          return { position: this.ledger.position, resumed: true };
+        }
+        void this.ledger?.close(false);
+        this.savingLease = lease;
+        this.ledger = new Ledger({
+          start: position,
+          save: (saved) => (this.savingLease ? this.savingLease.save(saved) : Promise.reject(new Error('the consumer lease is being taken again'))),
+          flushDelay: context.acknowledgeFlushDelay,
+          logger: context.logger,
+          ...(maxInFlight === undefined ? {} : { maxInFlight }),
+          stallTimeout: context.stallTimeout,
+          onStall: (stall) => context.reportStall(consumer, stall),
+          onFatal: (error) => this.fail(error),
+        });
+        return { position, resumed: false };
+      } catch (error) {
+        await lease.release();
+        if (this.ended) return undefined;
+        failingSince ??= Date.now();
+        const giveUp = lostConnection(error, failingSince, context.reconnectTimeout, `consumer ${JSON.stringify(consumer)}`);
+        if (giveUp) throw giveUp;
+        context.logger.warn('pgtide: taking a consumer\'s lease failed; retrying', { consumer, error: String(error), attempt });
+        await sleep(backoffDelay(attempt));
+      }
+    }
+  }
+
+  /**
+   * The lease's connection was lost while this stream read (a server restart, say):
+   * another process may be the reader now. The default ends the stream with the error.
+   */
+  protected leaseLost(error: PgTideError): void {
+    this.fail(error);
+  }
 
   /** Completes the subscriber (the Tide closed). */
   async complete(flush: boolean): Promise<void> {
@@ -113,15 +199,16 @@ export abstract class StreamBase<T> implements RunningStream {
   }
 
   /**
-   * Stops reading; a consumer's processed position is saved when `flush`. Only the
-   * first call counts: after `terminate()` completes a stream, the unsubscribe that
-   * follows must not save after all.
+   * Stops reading; a consumer's processed position is saved when `flush`, then its
+   * lease is released. Only the first call counts: after `terminate()` completes a
+   * stream, the unsubscribe that follows must not save after all.
    */
   teardown(flush: boolean): Promise<void> {
     if (!this.stopping) {
       this.ended = true;
       this.stopReading();
-      this.stopping = this.ledger?.close(flush) ?? Promise.resolve();
+      const lease = this.lease;
+      this.stopping = (this.ledger?.close(flush) ?? Promise.resolve()).then(() => lease?.release());
     }
     return this.stopping;
   }
@@ -146,6 +233,8 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
   /** Rows the feed handed over while the gap before them was still being read. */
   private buffered: Array<[LogItem, Position]> | undefined;
   private caughtUp = false;
+  /** Bumped when the consumer's lease is lost: reads of an earlier generation stop. */
+  private generation = 0;
   private select: ((change: Change) => Change | undefined) | undefined;
   private readonly maxInFlight: number;
 
@@ -156,8 +245,24 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     subscriber: Subscriber<StreamEvent<Row>>,
     private readonly resume: ResumePoint,
   ) {
-    super(subscriber);
+    super(subscriber, options.consumer);
     this.maxInFlight = options.maxInFlight ?? defaultMaxInFlight;
+  }
+
+  protected standby(consumer: string): void {
+    if (!this.ended) this.subscriber.next({ kind: 'standby', consumer });
+  }
+
+  /** Durable rowId streams follow the feed's position past other rows (see `passed`). */
+  get followsPositions(): boolean {
+    return this.ledger !== undefined && this.rowKey !== undefined;
+  }
+
+  /** The feed read past this position: nothing of this stream's row was before it. */
+  passed(position: Position): void {
+    if (this.buffered || this.ended || !this.ledger) return;
+    this.cursor = position;
+    this.ledger.pass(position);
   }
 
   async run(): Promise<void> {
@@ -171,15 +276,13 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       if (keyValues) this.rowKey = rowKeyString(info.keyColumns, await this.context.canonicalKey(info, keyValues));
       this.select = selector(info, this.options, this.rowKey);
       this.info = info;
-      this.cursor = await this.startPosition(info);
       const consumer = this.options.consumer;
-      if (consumer !== undefined && !this.ended) {
-        this.ledger = new Ledger(
-          this.cursor,
-          (position) => this.context.saveConsumerPosition(consumer, position),
-          this.context.acknowledgeFlushDelay,
-          this.context.logger,
-        );
+      if (consumer === undefined) {
+        this.cursor = await this.startPosition(info);
+      } else {
+        const opened = await this.openConsumer(this.context, consumer, [info], (db) => this.startPosition(info, db), this.maxInFlight);
+        if (opened === undefined) return;
+        this.cursor = opened.position;
       }
       await this.follow(info);
     } catch (error) {
@@ -222,30 +325,52 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
 
   /** Replays from the cursor, then joins the shared feed. */
   private async follow(info: TableInfo): Promise<void> {
+    const generation = this.generation;
     await this.replay(info);
-    if (this.ended) return;
+    if (this.ended || generation !== this.generation) return;
     await this.join(info);
   }
 
-  private async startPosition(info: TableInfo): Promise<Position> {
+  /**
+   * The lease's connection was lost (a server restart, say): stop delivering, forget
+   * what was in flight (it was not saved; it comes again), take the lease again (as a
+   * standby if another process took over meanwhile) and resume from the saved position.
+   */
+  protected override leaseLost(error: PgTideError): void {
+    if (this.ended) return;
+    this.generation += 1;
+    this.detach();
+    this.buffered = undefined;
+    this.deliveredUpTo = undefined;
+    this.context.logger.warn(`pgtide: ${error.message}; taking the lease again`, { consumer: this.consumer });
+    const info = this.info!;
+    void (async () => {
+      const opened = await this.openConsumer(this.context, this.consumer!, [info], (db) => this.startPosition(info, db), this.maxInFlight);
+      if (opened === undefined) return;
+      // Resumed: on from what was delivered. Otherwise another reader moved the
+      // position: start over from it (what was in flight here is delivered again).
+      if (!opened.resumed) this.cursor = opened.position;
+      await this.follow(info);
+    })().catch((failure: unknown) => this.fail(failure));
+  }
+
+  /** Where the stream starts without a saved position (a consumer's first run). */
+  private async startPosition(info: TableInfo, db?: Queryable): Promise<Position> {
     if (this.resume.after) return this.resume.after;
     const from = this.options.from ?? 'now';
-    const start = async (): Promise<Position> => {
-      if (from === 'beginning') return { era: 1, base: NOTHING_VISIBLE };
-      if (from === 'now') {
-        const feed = this.context.hub.existing(info.relid);
-        return feed && !feed.position.upto ? feed.position : await this.context.reader.now();
-      }
-      const found = await this.context.reader.positionAfterId(info.relid, from.after);
-      if (!found) {
-        throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${info.qualified} is not in the log`, {
-          table: info.qualified,
-          after: from.after,
-        });
-      }
-      return found;
-    };
-    return this.options.consumer === undefined ? start() : this.context.consumerPosition(this.options.consumer, [info], start);
+    if (from === 'beginning') return { era: 1, base: NOTHING_VISIBLE };
+    if (from === 'now') {
+      const feed = this.context.hub.existing(info.relid);
+      return feed && !feed.position.upto ? feed.position : await this.context.reader.now(db);
+    }
+    const found = await this.context.reader.positionAfterId(info.relid, from.after, db);
+    if (!found) {
+      throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${info.qualified} is not in the log`, {
+        table: info.qualified,
+        after: from.after,
+      });
+    }
+    return found;
   }
 
   /** Room for the next page: all of it, or what the consumer's in-flight window allows. */
@@ -257,6 +382,8 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
 
   /** Reads from the cursor until a page comes back short (or, with `upto`, to the end of that batch). */
   private async readFrom(info: TableInfo, from: Position): Promise<boolean> {
+    // A read of an earlier generation (before the lease was lost) stops delivering.
+    const generation = this.generation;
     const result = await readPages(from, {
       reader: this.context.reader,
       relid: info.relid,
@@ -266,10 +393,14 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       checkPending: false,
       limit: () => this.pageLimit(),
       readAhead: !this.ledger,
-      deliver: (page) => this.deliverPage(page),
-      stopped: () => this.ended || this.context.closed(),
+      // A consumer's rows are complete only while it is live: prune deletes what an
+      // expired one had not read in the transaction that expires it, so a later check
+      // that finds it live proves the page was read whole.
+      ...(this.lease ? { verify: () => this.lease!.assertLive() } : {}),
+      deliver: (page) => generation === this.generation && this.deliverPage(page),
+      stopped: () => this.ended || this.context.closed() || generation !== this.generation,
     });
-    return result !== undefined;
+    return result !== undefined && generation === this.generation;
   }
 
   private async replay(info: TableInfo): Promise<void> {
@@ -282,9 +413,10 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
    * delivered already are dropped.
    */
   private async join(info: TableInfo): Promise<void> {
+    const generation = this.generation;
     let feed = this.context.hub.feed(info, this.cursor);
     await feed.betweenBatches();
-    if (this.ended) return;
+    if (this.ended || generation !== this.generation) return;
     // The feed may have stopped meanwhile (its last member left): take the live one.
     feed = this.context.hub.feed(info, this.cursor);
     this.feed = feed;
@@ -356,9 +488,20 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       this.fail(new RowValidationError(change.id, this.info!.qualified, error));
       return;
     }
-    if (this.ledger) recordDelivery(typed, this.ledger, this.ledger.deliver(position));
+    if (this.ledger) {
+      // The stream's own object: the feed hands one change to every stream of the table.
+      if (typed === change) typed = { ...typed };
+      recordDelivery(typed, this.ledger.deliver(position, typed.id));
+    } else {
+      recordUnacknowledged(typed);
+    }
     this.subscriber.next({ kind: 'change', change: typed });
   }
+}
+
+/** Whether two positions say the same (as saved: era, snapshots, id). */
+function samePosition(a: Position, b: Position): boolean {
+  return a.era === b.era && a.base.text === b.base.text && a.upto?.text === b.upto?.text && a.afterId === b.afterId;
 }
 
 /** Values of the key columns named by a `rowId` option. */

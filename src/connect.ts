@@ -9,12 +9,14 @@ import {
   dropConsumer,
   listConsumers,
   prune,
-  saveConsumerPosition,
+  expiredError,
   type ConsumerInfo,
   type PruneResult,
 } from './consumers.js';
+import type { Stall } from './delivery.js';
 import { PgTideError } from './errors.js';
 import { Hub } from './hub.js';
+import { ConsumerLease } from './lease.js';
 import { Listener } from './listener.js';
 import { LogReader } from './log.js';
 import { migrate } from './migrate.js';
@@ -112,14 +114,17 @@ export class Tide {
   private readonly reconnectTimeout: number;
   private readonly retentionSeconds: number;
   private readonly maxLag: number;
+  private readonly stallTimeout: number;
+  private readonly leaseTimeout: number;
   private readonly pollInterval: number;
   private readonly pruneTimer: NodeJS.Timeout | undefined;
   private readonly warnings = new Subject<TideWarning>();
   private closed = false;
 
   /**
-   * Conditions an operator should know about, such as a consumer expired for lagging
-   * more than `maxLag` changes. Each is also logged as a warning.
+   * Conditions an operator should know about: a consumer expired for lagging more than
+   * `maxLag` changes, a consumer whose position is stuck behind a change nobody
+   * acknowledged (`consumer-stalled`). Each is also logged as a warning.
    */
   readonly warnings$: Observable<TideWarning> = this.warnings.asObservable();
 
@@ -139,6 +144,8 @@ export class Tide {
     this.reconnectTimeout = options.reconnectTimeout ?? 60_000;
     this.retentionSeconds = (options.retention ?? 24 * 3600_000) / 1000;
     this.maxLag = options.maxLag ?? 10_000_000;
+    this.stallTimeout = options.stallTimeout ?? 30_000;
+    this.leaseTimeout = options.leaseTimeout ?? 10_000;
     this.pollInterval = options.pollInterval ?? 1000;
     const pruneInterval = options.pruneInterval ?? 60_000;
     if (pruneInterval > 0) {
@@ -159,6 +166,7 @@ export class Tide {
     this.listener = new Listener(pool.options, names.name, {
       nudge: (relid) => this.hub.nudge(relid),
       nudgeAll: () => this.hub.nudgeAll(),
+      expired: (consumer) => this.stopExpired(consumer, new Date()),
       status: (listening) => this.logger.info(`pgtide: LISTEN ${listening ? 'up' : 'down'}`),
     }, this.logger);
   }
@@ -349,8 +357,35 @@ export class Tide {
       };
       this.logger.warn(`pgtide: ${warning.message}`, { consumer });
       this.warnings.next(warning);
+      this.stopExpired(consumer, new Date());
     }
     return result;
+  }
+
+  /** Ends this process's streams of a consumer that prune expired (here or elsewhere). */
+  private stopExpired(consumer: string, expiredAt: Date): void {
+    for (const stream of [...this.streams]) if (stream.consumer === consumer) stream.fail(expiredError(consumer, expiredAt));
+  }
+
+  private reportStall(consumer: string, stall: Stall): void {
+    const seconds = Math.round((Date.now() - stall.since.getTime()) / 1000);
+    const cause = stall.windowFull
+      ? `its ${stall.behind + 1} delivered changes fill maxInFlight and none of the oldest was acknowledged`
+      : `${stall.processedBehind} of the ${stall.behind} changes delivered after it were processed`;
+    const warning: TideWarning = {
+      kind: 'consumer-stalled',
+      consumer,
+      waitingFor: stall.waitingFor,
+      since: stall.since,
+      behind: stall.behind,
+      processedBehind: stall.processedBehind,
+      message:
+        `consumer ${JSON.stringify(consumer)} has waited ${seconds}s for change ${stall.waitingFor} to be acknowledged, and ${cause}. ` +
+        'Usually an operator dropped that change without marking it processed (a plain filter, take, or a failed handler that was ' +
+        'caught): drop changes with filterRows/ofOperation, or call markProcessed(change) for each change you drop.',
+    };
+    this.logger.warn(`pgtide: ${warning.message}`, { consumer, waitingFor: stall.waitingFor, behind: stall.behind });
+    this.warnings.next(warning);
   }
 
   /** Every durable consumer with its position and lag (changes and age). */
@@ -412,7 +447,10 @@ export class Tide {
       prepare: (table, columns, check) => this.tables.prepare(table, columns, check),
       canonicalKey: (table, values) => canonicalKey(this.pool, table, values),
       consumerPosition: (name, tables, start) => consumerPosition(this.pool, this.names, name, tables, start),
-      saveConsumerPosition: (name, position) => saveConsumerPosition(this.pool, this.names, name, position),
+      lease: (name) =>
+        new ConsumerLease({ config: this.pool.options, schema: this.names, leaseTimeout: this.leaseTimeout, logger: this.logger }, name),
+      reportStall: (consumer, stall) => this.reportStall(consumer, stall),
+      stallTimeout: this.stallTimeout,
       track: (stream) => {
         this.streams.add(stream);
         return () => this.streams.delete(stream);

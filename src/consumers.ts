@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { PgTideError } from './errors.js';
 import type { TableInfo } from './catalog.js';
-import { parseSnapshot, type Position } from './log.js';
+import { parseSnapshot, type Position, type Queryable } from './log.js';
 import { inTransaction, type SchemaNames } from './sql.js';
 
 /** A durable consumer as `tide.consumers()` reports it. */
@@ -37,18 +37,21 @@ export interface PruneResult {
 const pruneLock = (schema: SchemaNames) => `pgtide:prune:${schema.name}`;
 
 /**
- * Registers a consumer at `position` unless it exists. Runs under the shared prune lock:
- * a prune that is deciding what to delete cannot miss a consumer being created.
+ * Registers a consumer at `start()` unless it exists. Runs under the shared prune lock,
+ * and so does `start()`: a prune cannot delete what the start position still needs (say,
+ * the change `from: { after }` names) between computing it and registering it, nor miss
+ * a consumer being created.
  */
 export async function registerConsumer(
   pool: Pool,
   schema: SchemaNames,
   name: string,
   relids: readonly number[],
-  position: Position,
+  start: (db: Queryable) => Promise<Position>,
 ): Promise<void> {
   await inTransaction(pool, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock_shared(hashtext($1))', [pruneLock(schema)]);
+    const position = await start(client);
     await client.query(
       `INSERT INTO ${schema.ident}.consumers (name, relids, era, base, upto, after_id) VALUES ($1, $2, $3, $4, $5, $6)
        ON CONFLICT (name) DO NOTHING`,
@@ -87,16 +90,7 @@ export async function readConsumer(pool: Pool, schema: SchemaNames, name: string
   return { relids: row.relids.map(Number), position, expiredAt: row.expired_at };
 }
 
-/** Saves a consumer's position (its stream saves them in delivery order). */
-export async function saveConsumerPosition(pool: Pool, schema: SchemaNames, name: string, position: Position): Promise<void> {
-  await pool.query(
-    `UPDATE ${schema.ident}.consumers SET era = $2, base = $3, upto = $4, after_id = $5, acknowledged_at = now()
-      WHERE name = $1`,
-    [name, ...positionValues(position)],
-  );
-}
-
-function positionValues(position: Position): [number, string, string | null, string | null] {
+export function positionValues(position: Position): [number, string, string | null, string | null] {
   return [
     position.era,
     position.base.text,
@@ -169,6 +163,11 @@ export async function prune(
         RETURNING c.name`,
       [options.maxLag],
     );
+    // Every process with a stream of an expired consumer stops it (see the Listener);
+    // delivered at commit, with the deletions below.
+    for (const { name } of expired.rows) {
+      await client.query('SELECT pg_notify($1, $2)', [schema.name, `expired:${name}`]);
+    }
     const byConsumers = await client.query(
       `DELETE FROM ${schema.ident}.log l
         WHERE l.relid IN (SELECT unnest(relids) FROM ${schema.ident}.consumers WHERE expired_at IS NULL)
@@ -208,12 +207,12 @@ export async function consumerPosition(
   schema: SchemaNames,
   name: string,
   tables: readonly TableInfo[],
-  start: () => Promise<Position>,
+  start: (db: Queryable) => Promise<Position>,
 ): Promise<Position> {
   const relids = tables.map((table) => table.relid);
   let stored = await readConsumer(pool, schema, name);
   if (!stored) {
-    await registerConsumer(pool, schema, name, relids, await start());
+    await registerConsumer(pool, schema, name, relids, start);
     stored = (await readConsumer(pool, schema, name))!;
   }
   const same = stored.relids.length === relids.length && relids.every((relid) => stored.relids.includes(relid));

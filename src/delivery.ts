@@ -1,5 +1,92 @@
+import { PgTideError } from './errors.js';
 import type { Position } from './log.js';
 import type { Change, Logger, Transaction } from './types.js';
+
+/**
+ * The key under which a durable stream's change carries its deliveries: a non-enumerable
+ * symbol property, so it stays out of deep equality (tests compare changes with plain
+ * objects) and of JSON. Copies (`{ ...change }`, `map` keeping the `id`) lose it and are
+ * matched by id instead. `Symbol.for`: every copy of pgtide loaded in the process (an
+ * ES module and a CommonJS one, say) uses the same key.
+ */
+export const DELIVERIES: unique symbol = Symbol.for('pgtide.deliveries') as never;
+
+/** One delivery of one durable stream: acknowledging it completes it in its ledger. */
+export interface DeliveryToken {
+  readonly target: AcknowledgementTarget;
+  readonly number: number;
+  /** The change id (or, for a transaction, its txid). */
+  readonly id: string;
+}
+
+/** What a token acknowledges into; minimal, because other copies of pgtide call it. */
+interface AcknowledgementTarget {
+  complete(number: number): void;
+  ambiguous(id: string, streams: number): void;
+}
+
+/**
+ * What every copy of pgtide in the process shares, kept on `globalThis`: deliveries in
+ * flight by change id (to acknowledge a change rebuilt from its id alone), and the
+ * changes of streams without a consumer (their ids must not acknowledge anyone's).
+ */
+interface SharedRegistry {
+  readonly inFlightById: Map<string, Set<DeliveryToken>>;
+  readonly unacknowledged: WeakSet<object>;
+  openLedgers: number;
+}
+
+const registryKey = Symbol.for('pgtide.delivery-registry.v1');
+const registry: SharedRegistry = ((globalThis as Record<symbol, unknown>)[registryKey] ??= {
+  inFlightById: new Map(),
+  unacknowledged: new WeakSet(),
+  openLedgers: 0,
+}) as SharedRegistry;
+
+type Acknowledgeable = Change<unknown> | Transaction<unknown>;
+type Carrier = { [DELIVERIES]?: readonly DeliveryToken[] };
+
+/** What a stalled consumer is waiting for (see `Ledger`'s `onStall`). */
+export interface Stall {
+  /** Id of the oldest delivered change not yet processed. */
+  readonly waitingFor: string;
+  /** Since when the consumer's position has not moved past it. */
+  readonly since: Date;
+  /** Delivered changes behind it, and how many of those were processed already. */
+  readonly behind: number;
+  readonly processedBehind: number;
+  /** Whether the stream stopped reading because `maxInFlight` changes are unprocessed. */
+  readonly windowFull: boolean;
+}
+
+export interface LedgerOptions {
+  /** Where the consumer stands before this stream delivers anything. */
+  readonly start: Position;
+  /** Writes the processed position; a `PgTideError` it rejects with ends the stream (see `onFatal`). */
+  readonly save: (position: Position) => Promise<void>;
+  /** Milliseconds a moved position may wait before it is written. */
+  readonly flushDelay: number;
+  readonly logger: Logger;
+  /** Called synchronously whenever the processed position moves (test kits record it). */
+  readonly onProcessed?: (position: Position) => void;
+  /** The stream's in-flight window (for stall reports). */
+  readonly maxInFlight?: number;
+  /** Milliseconds the position may stand still behind processed changes before `onStall`; 0: never. */
+  readonly stallTimeout?: number;
+  readonly onStall?: (stall: Stall) => void;
+  /** A save failed for good (the consumer expired, its lease was lost): the stream must end. */
+  readonly onFatal?: (error: PgTideError) => void;
+}
+
+/** Codes of save failures that retrying cannot fix. */
+const fatalSaveCodes = new Set(['CONSUMER_EXPIRED', 'CONSUMER_LEASE_LOST', 'UNKNOWN_CONSUMER']);
+
+interface Slot {
+  readonly position: Position;
+  done: boolean;
+  readonly token?: DeliveryToken;
+  readonly deliveredAt: number;
+}
 
 /**
  * The processed/unprocessed bookkeeping of one durable consumer stream. Changes are
@@ -7,29 +94,35 @@ import type { Change, Logger, Transaction } from './types.js';
  * of the longest fully processed prefix, so out-of-order completion (mergeMap) never
  * moves it past a change still being worked on. Cursor writes are batched.
  */
-export class Ledger {
-  private readonly slots: Array<{ readonly position: Position; done: boolean }> = [];
+export class Ledger implements AcknowledgementTarget {
+  private readonly slots: Slot[] = [];
   /** Index in `slots` of the first change not yet processed. */
   private head = 0;
   /** Delivery number of `slots[0]`. */
   private base = 0;
+  /** Processed slots after `head`. */
+  private doneAhead = 0;
   private processed: Position;
   private saved: Position;
+  private movedAt = Date.now();
   private timer: NodeJS.Timeout | undefined;
+  private stallTimer: NodeJS.Timeout | undefined;
+  /** The head delivery last reported as stalled (one report per stall). */
+  private reportedStall: number | undefined;
+  private lastAmbiguity = 0;
   private saving: Promise<void> = Promise.resolve();
   private roomWaiters: Array<() => void> = [];
   private closed = false;
 
-  constructor(
-    start: Position,
-    private readonly save: (position: Position) => Promise<void>,
-    private readonly flushDelay: number,
-    private readonly logger: Logger,
-    /** Called synchronously whenever the processed position moves (test kits record it). */
-    private readonly onProcessed?: (position: Position) => void,
-  ) {
-    this.processed = start;
-    this.saved = start;
+  constructor(private readonly options: LedgerOptions) {
+    this.processed = options.start;
+    this.saved = options.start;
+    registry.openLedgers += 1;
+    const stallTimeout = options.stallTimeout ?? 0;
+    if (stallTimeout > 0 && options.onStall) {
+      this.stallTimer = setInterval(() => this.checkStall(stallTimeout), Math.max(10, Math.min(1000, stallTimeout / 4)));
+      this.stallTimer.unref();
+    }
   }
 
   /** Delivered changes not yet part of the processed prefix. */
@@ -37,15 +130,24 @@ export class Ledger {
     return this.slots.length - this.head;
   }
 
+  /** The position last written (or the start). */
+  get savedPosition(): Position {
+    return this.saved;
+  }
+
   /** The consumer's position as far as processing goes (saved or not). */
   get position(): Position {
     return this.processed;
   }
 
-  /** Records a delivered change; returns its delivery number. */
-  deliver(position: Position): number {
-    this.slots.push({ position, done: false });
-    return this.base + this.slots.length - 1;
+  /** Records a delivered change (or transaction) with this id; returns its token. */
+  deliver(position: Position, id: string): DeliveryToken {
+    const token: DeliveryToken = { target: this, number: this.base + this.slots.length, id };
+    this.slots.push({ position, done: false, token, deliveredAt: Date.now() });
+    let tokens = registry.inFlightById.get(id);
+    if (!tokens) registry.inFlightById.set(id, (tokens = new Set()));
+    tokens.add(token);
+    return token;
   }
 
   /** Records a change that the stream filtered out: processed by definition. */
@@ -56,18 +158,25 @@ export class Ledger {
       this.head = 0;
       this.advanceTo(position);
     } else {
-      this.slots.push({ position, done: true });
+      this.slots.push({ position, done: true, deliveredAt: 0 });
+      this.doneAhead += 1;
     }
   }
 
   /** Marks one delivered change processed; the cursor moves if that closes a gap. */
-  complete(delivery: number): void {
-    const slot = this.slots[delivery - this.base];
+  complete(number: number): void {
+    const slot = this.slots[number - this.base];
     if (!slot || slot.done) return;
     slot.done = true;
+    if (slot.token) forget(slot.token);
+    if (number - this.base !== this.head) {
+      this.doneAhead += 1;
+      return;
+    }
     let moved: Position | undefined;
     while (this.head < this.slots.length && this.slots[this.head]!.done) {
       moved = this.slots[this.head]!.position;
+      if (this.head !== number - this.base) this.doneAhead -= 1;
       this.head += 1;
     }
     if (this.head > 1024 && this.head * 2 > this.slots.length) {
@@ -76,6 +185,17 @@ export class Ledger {
       this.head = 0;
     }
     if (moved) this.advanceTo(moved);
+  }
+
+  /** A change rebuilt from its id alone matched deliveries of several streams: none is acknowledged. */
+  ambiguous(id: string, streams: number): void {
+    if (Date.now() - this.lastAmbiguity < 10_000) return;
+    this.lastAmbiguity = Date.now();
+    this.options.logger.warn(
+      `pgtide: a change acknowledged by id alone (${id}) is in flight in ${streams} consumer streams of this process; ` +
+        'none was acknowledged. Keep the change object (or a spread copy, { ...change }) through the pipeline',
+      { changeId: id, streams },
+    );
   }
 
   /** Resolves once fewer than `limit` changes are in flight. */
@@ -93,10 +213,15 @@ export class Ledger {
       const target = this.processed;
       if (target === this.saved) return;
       try {
-        await this.save(target);
+        await this.options.save(target);
         this.saved = target;
       } catch (error) {
-        this.logger.warn('pgtide: saving a consumer position failed; it will be retried', { error: String(error) });
+        if (error instanceof PgTideError && fatalSaveCodes.has(error.code)) {
+          this.stop();
+          this.options.onFatal?.(error);
+          return;
+        }
+        this.options.logger.warn('pgtide: saving a consumer position failed; it will be retried', { error: String(error) });
         if (!this.closed) this.schedule();
       }
     });
@@ -105,8 +230,7 @@ export class Ledger {
 
   /** Stops the ledger; with `flush`, writes the final position first. */
   close(flush: boolean): Promise<void> {
-    this.closed = true;
-    for (const wake of this.roomWaiters.splice(0)) wake();
+    this.stop();
     if (!flush) {
       clearTimeout(this.timer);
       return this.saving;
@@ -114,40 +238,101 @@ export class Ledger {
     return this.flush();
   }
 
+  private stop(): void {
+    if (this.closed) return;
+    this.closed = true;
+    registry.openLedgers -= 1;
+    clearInterval(this.stallTimer);
+    for (let index = this.head; index < this.slots.length; index += 1) {
+      const token = this.slots[index]!.token;
+      if (token) forget(token);
+    }
+    for (const wake of this.roomWaiters.splice(0)) wake();
+  }
+
   /** Positions arrive in delivery order, so each one given here is ahead of the last. */
   private advanceTo(position: Position): void {
     if (position === this.processed) return;
     this.processed = position;
-    this.onProcessed?.(position);
+    this.movedAt = Date.now();
+    this.reportedStall = undefined;
+    this.options.onProcessed?.(position);
     if (!this.closed) this.schedule();
     for (const wake of this.roomWaiters.splice(0)) wake();
   }
 
+  private checkStall(stallTimeout: number): void {
+    const waiting = this.slots[this.head];
+    if (this.closed || !waiting?.token) return;
+    const number = this.base + this.head;
+    const since = Math.max(this.movedAt, waiting.deliveredAt);
+    if (this.reportedStall === number || Date.now() - since < stallTimeout) return;
+    const windowFull = this.inFlight >= (this.options.maxInFlight ?? Infinity);
+    if (this.doneAhead === 0 && !windowFull) return;
+    this.reportedStall = number;
+    this.options.onStall!({
+      waitingFor: waiting.token.id,
+      since: new Date(since),
+      behind: this.inFlight - 1,
+      processedBehind: this.doneAhead,
+      windowFull,
+    });
+  }
+
   private schedule(): void {
     if (this.timer !== undefined) return;
-    this.timer = setTimeout(() => void this.flush(), this.flushDelay);
+    this.timer = setTimeout(() => void this.flush(), this.options.flushDelay);
   }
 }
 
-interface Delivery {
-  readonly ledger: Ledger;
-  readonly number: number;
+function forget(token: DeliveryToken): void {
+  const tokens = registry.inFlightById.get(token.id);
+  if (!tokens) return;
+  tokens.delete(token);
+  if (tokens.size === 0) registry.inFlightById.delete(token.id);
 }
 
-/** The deliveries a change stands for: its own, plus those of changes merged into it. */
-const deliveries = new WeakMap<object, Delivery[]>();
+/**
+ * @internal Ties an emitted change (or transaction) of a durable stream to its
+ * deliveries. The object must be the stream's own (never shared with another stream).
+ */
+export function recordDelivery(delivered: Acknowledgeable, token: DeliveryToken): void {
+  Object.defineProperty(delivered, DELIVERIES, { value: [token], writable: true, configurable: true });
+}
 
-/** @internal Ties an emitted change (or transaction) to its stream's ledger. */
-export function recordDelivery(delivered: Change<unknown> | Transaction<unknown>, ledger: Ledger, number: number): void {
-  deliveries.set(delivered, [{ ledger, number }]);
+/**
+ * @internal Notes a change emitted by a stream without a consumer: its id must not
+ * acknowledge a durable stream's delivery of the same change.
+ */
+export function recordUnacknowledged(delivered: Acknowledgeable): void {
+  // Only needed while some durable stream could be matched by id.
+  if (registry.openLedgers > 0) registry.unacknowledged.add(delivered);
+}
+
+/** The deliveries a value stands for: its own tokens, or those found by its id alone. */
+function tokensOf(value: Acknowledgeable): readonly DeliveryToken[] {
+  const carried = (value as Carrier)[DELIVERIES];
+  if (carried !== undefined) return carried;
+  if (registry.unacknowledged.has(value)) return [];
+  const id = (value as { id?: unknown }).id;
+  if (typeof id !== 'string') return [];
+  const candidates = registry.inFlightById.get(id);
+  if (!candidates || candidates.size === 0) return [];
+  if (candidates.size === 1) return [...candidates];
+  const [first] = candidates;
+  first!.target.ambiguous(id, candidates.size);
+  return [];
 }
 
 /**
  * Marks a change of a durable consumer stream as processed (and every change it
  * carries, see {@link carryDelivery}), as `acknowledge()` does. Operators that drop
  * changes call it for the changes they drop, so a consumer's position is not held back
- * by a change nobody will acknowledge. A change that did not come from a durable
- * consumer stream is ignored.
+ * by a change nobody will acknowledge. A copy (`{ ...change }`, or one rebuilt by `map`
+ * keeping its `id`) is matched by its id when exactly one consumer stream of the process
+ * has that change in flight; when several have, nothing is acknowledged and a warning
+ * says so (keep the original object, or tie the copy to it with {@link carryDelivery}).
+ * A change that did not come from a durable consumer stream is ignored.
  *
  * @example
  * ```ts
@@ -160,7 +345,7 @@ export function recordDelivery(delivered: Change<unknown> | Transaction<unknown>
  * ```
  */
 export function markProcessed(change: Change<unknown> | Transaction<unknown>): void {
-  for (const delivery of deliveries.get(change) ?? []) delivery.ledger.complete(delivery.number);
+  for (const token of tokensOf(change)) token.target.complete(token.number);
 }
 
 /**
@@ -171,7 +356,9 @@ export function markProcessed(change: Change<unknown> | Transaction<unknown>): v
  * carrying its effect is, so a crash in between delivers it again.
  */
 export function carryDelivery(original: Change<unknown>, successor: Change<unknown>): void {
-  const carried = deliveries.get(original);
-  if (!carried || original === successor) return;
-  deliveries.set(successor, [...(deliveries.get(successor) ?? []), ...carried]);
+  if (original === successor) return;
+  const carried = tokensOf(original);
+  if (carried.length === 0) return;
+  const own = (successor as Carrier)[DELIVERIES] ?? [];
+  Object.defineProperty(successor, DELIVERIES, { value: [...own, ...carried], writable: true, configurable: true });
 }

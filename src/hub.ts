@@ -9,6 +9,13 @@ export interface FeedMember {
   /** When set, the member only wants rows with this key (see `rowKeyString`). */
   readonly rowKey?: string;
   receive(item: LogItem, position: Position): void;
+  /**
+   * Whether a `rowKey` member wants to hear how far the feed read (`passed`): a durable
+   * consumer of one row must move its position past the other rows too.
+   */
+  readonly followsPositions?: boolean;
+  /** The feed has handed over everything up to `position` (see `followsPositions`). */
+  passed?(position: Position): void;
   /** The feed gave up (the database stayed unreachable): the member errors. */
   fail(error: unknown): void;
 }
@@ -53,6 +60,7 @@ export class PendingBackoff {
 export class TableFeed {
   private readonly everyRow = new Set<FeedMember>();
   private readonly byKey = new Map<string, Set<FeedMember>>();
+  private readonly positionFollowers = new Set<FeedMember>();
   private reading = false;
   private again = false;
   private stopped = false;
@@ -91,6 +99,7 @@ export class TableFeed {
       let members = this.byKey.get(member.rowKey);
       if (!members) this.byKey.set(member.rowKey, (members = new Set()));
       members.add(member);
+      if (member.followsPositions) this.positionFollowers.add(member);
     }
     // The first member may have replayed up to a snapshot older than a wake-up that
     // went to nobody: look at once rather than at the next poll.
@@ -104,6 +113,7 @@ export class TableFeed {
       const members = this.byKey.get(member.rowKey);
       members?.delete(member);
       if (members?.size === 0) this.byKey.delete(member.rowKey);
+      this.positionFollowers.delete(member);
     }
     if (this.size === 0) this.stop();
   }
@@ -166,6 +176,7 @@ export class TableFeed {
               this.dispatch(toItem(page.rows[index]!, this.table), page.positions[index]!);
             }
             this.cursor = page.next;
+            for (const member of this.positionFollowers) member.passed!(page.next);
             if (!this.cursor.upto) for (const wake of this.readWaiters.splice(0)) wake();
             return true;
           },

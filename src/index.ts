@@ -14,6 +14,8 @@ export type {
   StateOptions,
   StreamEvent,
   TideWarning,
+  ConsumerExpiredWarning,
+  ConsumerStalledWarning,
   Transaction,
   TransactionsOptions,
   WaitForOptions,

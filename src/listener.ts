@@ -14,13 +14,16 @@ export interface ListenerHandlers {
   nudge(relid: number): void;
   /** Notifications may have been missed (reconnected): every reader should look. */
   nudgeAll(): void;
+  /** Prune expired this consumer (payload `expired:<name>`): its streams must stop. */
+  expired(consumer: string): void;
   /** LISTEN became unavailable (false) or available again (true). */
   status(listening: boolean): void;
 }
 
 /**
- * The one LISTEN connection of a Tide. Notifications carry only a table oid and are a
- * latency hint: the log is the truth, and readers poll while this is down.
+ * The one LISTEN connection of a Tide. Notifications carry a table oid, a latency hint
+ * (the log is the truth, and readers poll while this is down), or the name of a consumer
+ * that prune expired (its saves are refused too, so a missed one still stops it).
  */
 export class Listener {
   private subscriber: Subscriber | undefined;
@@ -54,7 +57,12 @@ export class Listener {
     );
     this.subscriber = subscriber;
     subscriber.events.on('notification', ({ payload }) => {
-      const relid = Number(payload);
+      const text = String(payload);
+      if (text.startsWith('expired:')) {
+        this.handlers.expired(text.slice('expired:'.length));
+        return;
+      }
+      const relid = Number(text);
       if (Number.isInteger(relid)) this.handlers.nudge(relid);
       else this.handlers.nudgeAll();
     });

@@ -1,8 +1,11 @@
 import { createHash } from 'node:crypto';
-import type { Pool } from 'pg';
+import type { ClientBase, Pool } from 'pg';
 import { RowDecoder } from './decode.js';
 import type { SchemaNames } from './sql.js';
 import type { RowData } from './types.js';
+
+/** The pool, or one client of it (a query inside a transaction). */
+export type Queryable = Pool | ClientBase;
 
 /** A `pg_snapshot`: which transactions had committed when it was taken. */
 export interface Snapshot {
@@ -222,8 +225,8 @@ export class LogReader {
   }
 
   /** The position after everything committed so far ("now"). */
-  async now(): Promise<Position> {
-    const { rows } = await this.pool.query<{ snapshot: string; era: number }>(this.nowQuery);
+  async now(db: Queryable = this.pool): Promise<Position> {
+    const { rows } = await db.query<{ snapshot: string; era: number }>(this.nowQuery);
     return { era: rows[0]!.era, base: parseSnapshot(rows[0]!.snapshot) };
   }
 
@@ -231,8 +234,8 @@ export class LogReader {
    * A start right after the change with this id: every committed change of the table
    * with a larger id, then everything committing later. Undefined if it is not in the log.
    */
-  async positionAfterId(relid: number, id: string): Promise<Position | undefined> {
-    const { rows } = await this.pool.query<{ era: number; snapshot: string; closed: boolean }>(this.idQuery, [id, relid]);
+  async positionAfterId(relid: number, id: string, db: Queryable = this.pool): Promise<Position | undefined> {
+    const { rows } = await db.query<{ era: number; snapshot: string; closed: boolean }>(this.idQuery, [id, relid]);
     const row = rows[0];
     if (!row) return undefined;
     return {

@@ -44,6 +44,20 @@ export interface ConnectOptions {
    * holding back the log and a warning is emitted. Default 10,000,000.
    */
   readonly maxLag?: number;
+  /**
+   * Milliseconds a durable consumer's position may stand still while changes delivered
+   * after the one it waits for were processed (or its in-flight window is full), before
+   * `warnings$` and the logger report `consumer-stalled`. 0 turns the report off.
+   * Default 30000.
+   */
+  readonly stallTimeout?: number;
+  /**
+   * Bound (ms) on how long a consumer's reader that vanished without closing its
+   * connection (machine or network gone) keeps the consumer from its standbys: the
+   * server's TCP keepalive on the lease connection gives up on it within this. A reader
+   * that exits or is killed lets go at once. Default 10000.
+   */
+  readonly leaseTimeout?: number;
 }
 
 const nonEmpty = z.string().min(1, 'must not be empty');
@@ -80,6 +94,8 @@ const connectSchema = z
     reconnectTimeout: z.number().int().min(0).optional(),
     retention: z.number().int().min(0).optional(),
     maxLag: z.number().int().min(1).optional(),
+    stallTimeout: z.number().int().min(0).optional(),
+    leaseTimeout: z.number().int().min(1000).optional(),
   })
   .refine((options) => (options.connectionString === undefined) !== (options.pool === undefined), {
     message: 'give exactly one of connectionString and pool',

@@ -22,6 +22,11 @@ export interface PageLoop {
    * does not depend on what delivery does (no in-flight window).
    */
   readonly readAhead: boolean;
+  /**
+   * Runs before a page with rows is delivered; rejecting with a `PgTideError` ends the
+   * loop with it (a consumer expired, its changes may have been pruned from under it).
+   */
+  readonly verify?: () => Promise<void>;
   /** Takes one page; returns false to stop reading. */
   deliver(page: LogPage): boolean;
   /** Whether the reader has gone away: stop quietly. */
@@ -50,6 +55,7 @@ export async function readPages(from: Position, loop: PageLoop): Promise<{ posit
       ahead = fetched.full && loop.readAhead ? fetch(fetched.next) : undefined;
       ahead?.catch(() => undefined);
       page = await loop.reader.decodePage(fetched);
+      if (loop.verify && page.rows.length > 0) await loop.verify();
     } catch (error) {
       ahead = undefined;
       if (loop.stopped()) return undefined;

@@ -3,10 +3,10 @@ import { sleep } from './backoff.js';
 import type { TableInfo } from './catalog.js';
 import { toChange, withRowSchema } from './change.js';
 import { StreamBase, trackedStream, type StreamContext } from './changes.js';
-import { recordDelivery, Ledger } from './delivery.js';
+import { recordDelivery } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import { PendingBackoff } from './hub.js';
-import { NOTHING_VISIBLE, type Batch, type Position } from './log.js';
+import { NOTHING_VISIBLE, type Batch, type Position, type Queryable } from './log.js';
 import { lostConnection } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
 import type { Change, Transaction, TransactionsOptions } from './types.js';
@@ -42,7 +42,7 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
     private readonly options: TransactionsOptions<Row>,
     subscriber: Subscriber<Transaction<Row>>,
   ) {
-    super(subscriber);
+    super(subscriber, options.consumer);
   }
 
   async run(): Promise<void> {
@@ -51,15 +51,17 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
       for (const table of this.tables) infos.push(await this.context.prepare(table, undefined, () => undefined));
       const relids = infos.map((info) => info.relid);
       this.unlisten = this.context.hub.onWake(relids, () => this.nudge());
-      let position = await this.startPosition(infos);
       const consumer = this.options.consumer;
-      if (consumer !== undefined && !this.ended) {
-        this.ledger = new Ledger(
-          position,
-          (saved) => this.context.saveConsumerPosition(consumer, saved),
-          this.context.acknowledgeFlushDelay,
-          this.context.logger,
-        );
+      let position: Position;
+      if (consumer === undefined) {
+        position = await this.startPosition(infos);
+      } else {
+        const opened = await this.openConsumer(this.context, consumer, infos, (db) => this.startPosition(infos, db));
+        if (opened === undefined) return;
+        const stored = opened.position;
+        // A consumer is saved between batches only; a position mid-batch (never written
+        // by this stream) restarts its batch.
+        position = { era: stored.era, base: stored.base };
       }
       const backoff = new PendingBackoff(this.context.pollInterval);
       let failingSince: number | undefined;
@@ -113,26 +115,25 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
     this.wake = undefined;
   }
 
-  private async startPosition(infos: readonly TableInfo[]): Promise<Position> {
+  /** Where the stream starts without a saved position (a consumer's first run). */
+  private async startPosition(infos: readonly TableInfo[], db?: Queryable): Promise<Position> {
     const from = this.options.from ?? 'now';
-    const start = async (): Promise<Position> => {
-      if (from === 'beginning') return { era: 1, base: NOTHING_VISIBLE };
-      if (from === 'now') return this.context.reader.now();
-      for (const info of infos) {
-        const found = await this.context.reader.positionAfterId(info.relid, from.after);
-        // Whole batches only: the transactions in the one holding that change are read again.
-        if (found) return { era: found.era, base: found.base };
-      }
-      throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${this.tables.join(', ')} is not in the log`, {
-        table: this.tables.join(', '),
-        after: from.after,
-      });
-    };
-    if (this.options.consumer === undefined) return start();
-    const stored = await this.context.consumerPosition(this.options.consumer, infos, start);
-    // A consumer is saved between batches only; a position mid-batch (never written by
-    // this stream) restarts its batch.
-    return { era: stored.era, base: stored.base };
+    if (from === 'beginning') return { era: 1, base: NOTHING_VISIBLE };
+    if (from === 'now') return this.context.reader.now(db);
+    for (const info of infos) {
+      const found = await this.context.reader.positionAfterId(info.relid, from.after, db);
+      // Whole batches only: the transactions in the one holding that change are read again.
+      if (found) return { era: found.era, base: found.base };
+    }
+    throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${this.tables.join(', ')} is not in the log`, {
+      table: this.tables.join(', '),
+      after: from.after,
+    });
+  }
+
+  /** A transaction stream has no events channel to say so: it waits silently, and logs it. */
+  protected standby(consumer: string): void {
+    this.context.logger.info(`pgtide: consumer ${JSON.stringify(consumer)} is read by another stream; waiting as its standby`, { consumer });
   }
 
   /**
@@ -170,9 +171,9 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
         tables: this.tables.filter((_, tableIndex) => entry.tables.has(infos[tableIndex]!.relid)),
       };
       if (this.ledger) {
-        const number = this.ledger.deliver(position);
-        recordDelivery(transaction, this.ledger, number);
-        for (const change of entry.changes) recordDelivery(change, this.ledger, number);
+        const token = this.ledger.deliver(position, txid);
+        recordDelivery(transaction, token);
+        for (const change of entry.changes) recordDelivery(change, token);
       }
       this.subscriber.next(transaction);
     });

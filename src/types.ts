@@ -147,6 +147,16 @@ export type StreamEvent<Row = RowData> =
        */
       readonly kind: 'caught-up';
     }
+  | {
+      /**
+       * Another stream (in this process or another) is this consumer's reader: this
+       * one waits as a hot standby and takes over, resuming after the last saved
+       * position, when that one ends or its process dies (within `leaseTimeout`).
+       */
+      readonly kind: 'standby';
+      /** The consumer's name. */
+      readonly consumer: string;
+    }
   | SchemaChange;
 
 /**
@@ -204,13 +214,38 @@ export interface Logger {
   error(message: string, meta?: Record<string, unknown>): void;
 }
 
-/** Something `tide.warnings$` reports. */
-export interface TideWarning {
-  /** `consumer-expired`: a consumer lagged more than `maxLag` changes and no longer holds the log. */
+/** Something `tide.warnings$` reports (each is also logged as a warning). */
+export type TideWarning = ConsumerExpiredWarning | ConsumerStalledWarning;
+
+/** A consumer lagged more than `maxLag` changes and no longer holds the log. */
+export interface ConsumerExpiredWarning {
+  /** Always `consumer-expired`. */
   readonly kind: 'consumer-expired';
   /** The consumer's name. */
   readonly consumer: string;
   /** What happened, for people. */
+  readonly message: string;
+}
+
+/**
+ * A consumer's position has not moved for `stallTimeout` while changes delivered after
+ * the one it waits for were processed (or its in-flight window is full): usually a
+ * change that an operator dropped without marking it processed.
+ */
+export interface ConsumerStalledWarning {
+  /** Always `consumer-stalled`. */
+  readonly kind: 'consumer-stalled';
+  /** The consumer's name. */
+  readonly consumer: string;
+  /** Id of the change (for transactions$, the txid) the position waits for. */
+  readonly waitingFor: string;
+  /** Since when it waits. */
+  readonly since: Date;
+  /** Delivered changes behind it, unacknowledged or not. */
+  readonly behind: number;
+  /** Of those, how many were processed already. */
+  readonly processedBehind: number;
+  /** What happened, the usual cause and the fix, for people. */
   readonly message: string;
 }
 

@@ -200,9 +200,15 @@ class FakeTide implements TestTide {
     }
     const consumerState = state;
     return new Observable<Change<unknown>>((subscriber) => {
-      const ledger = new Ledger(consumerState.position, () => Promise.resolve(), 0, quiet, (position) => {
-        consumerState.position = position;
-        consumerState.moves.push({ id: consumerState.ids.get(position.afterId!)!, frame: this.now() });
+      const ledger = new Ledger({
+        start: consumerState.position,
+        save: () => Promise.resolve(),
+        flushDelay: 0,
+        logger: quiet,
+        onProcessed: (position) => {
+          consumerState.position = position;
+          consumerState.moves.push({ id: consumerState.ids.get(position.afterId!)!, frame: this.now() });
+        },
       });
       const upstream = source.subscribe({
         next: (change) => {
@@ -217,7 +223,7 @@ class FakeTide implements TestTide {
           }
           // Each delivery is its own object, as in a real stream.
           const delivered = selected === change ? { ...change } : selected;
-          recordDelivery(delivered, ledger, ledger.deliver(position));
+          recordDelivery(delivered, ledger.deliver(position, delivered.id));
           subscriber.next(delivered);
         },
         error: (error: unknown) => subscriber.error(error),

@@ -132,11 +132,15 @@ const quiet = { debug: noop, info: noop, warn: noop, error: noop };
 export function consumer(scheduler: SchedulerLike): Consumer {
   const moves: Move[] = [];
   const at = (id: bigint): Position => ({ era: 1, base: NOTHING_VISIBLE, upto: NOTHING_VISIBLE, afterId: id });
-  const ledger = new Ledger(at(0n), () => Promise.resolve(), 0, quiet, (position) =>
-    moves.push({ id: position.afterId!.toString(), frame: scheduler.now() }),
-  );
+  const ledger = new Ledger({
+    start: at(0n),
+    save: () => Promise.resolve(),
+    flushDelay: 0,
+    logger: quiet,
+    onProcessed: (position) => moves.push({ id: position.afterId!.toString(), frame: scheduler.now() }),
+  });
   const deliver = <C extends Change<unknown>>(change: C): C => {
-    recordDelivery(change, ledger, ledger.deliver(at(BigInt(change.id))));
+    recordDelivery(change, ledger.deliver(at(BigInt(change.id)), change.id));
     return change;
   };
   return { ledger, moves, deliver, delivered: <C extends Change<unknown>>() => tap<C>(deliver) };

@@ -1,0 +1,437 @@
+import pg from 'pg';
+import { concatMap, filter, map, Observable, timer, type Subscription } from 'rxjs';
+import { describe, expect, it } from 'vitest';
+import { acknowledge } from '../../operators/acknowledge.js';
+import { PgTideError, type Change, type ChangesOptions, type StreamEvent, type Tide } from '../../src/index.js';
+import { createTestDatabase, eventually, type TestDatabase } from '../helpers.js';
+
+/**
+ * Expiry of durable consumers, on the real database: a stream of an expired consumer
+ * stops (its own Tide's prune, another process's prune via NOTIFY, a refused save), never
+ * delivers a change after a gap (prune deletes what an expired consumer had not read),
+ * and prune never deletes what a live consumer has not acknowledged.
+ */
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Runs `body` on a database of its own, dropped (with every Tide it opened) afterwards. */
+async function withDatabase(body: (db: TestDatabase) => Promise<void>): Promise<void> {
+  const db = await createTestDatabase();
+  try {
+    await body(db);
+  } finally {
+    await db.drop();
+  }
+}
+
+/** A Tide that never prunes by itself: each test decides when pruning happens. */
+const tideOf = (db: TestDatabase, options: Parameters<TestDatabase['tide']>[0] = {}): Promise<Tide> =>
+  db.tide({ pruneInterval: 0, ...options });
+
+/** What one subscription saw, in order, as it arrived from pgtide (before any handler). */
+interface Recording {
+  readonly changes: Change[];
+  /** How many changes had been delivered when `caught-up` arrived (undefined: never). */
+  caughtUpAfter: number | undefined;
+  error: unknown;
+  /** `Date.now()` when the error arrived. */
+  erroredAt: number | undefined;
+  completed: boolean;
+}
+
+/**
+ * Subscribes to `events` through `handler` (what the application does with each change:
+ * acknowledge, or not), recording what pgtide delivered before the handler saw it.
+ */
+function record(events: Observable<StreamEvent>, handler: (changes: Observable<Change>) => Observable<unknown>): Recording & { subscription: Subscription } {
+  const recording: Recording = { changes: [], caughtUpAfter: undefined, error: undefined, erroredAt: undefined, completed: false };
+  const changes = new Observable<Change>((subscriber) =>
+    events.subscribe({
+      next: (event) => {
+        if (event.kind === 'change') {
+          recording.changes.push(event.change);
+          subscriber.next(event.change);
+        } else if (event.kind === 'caught-up') {
+          recording.caughtUpAfter ??= recording.changes.length;
+        }
+      },
+      error: (error: unknown) => {
+        recording.error = error;
+        recording.erroredAt = Date.now();
+        subscriber.error(error);
+      },
+      complete: () => {
+        recording.completed = true;
+        subscriber.complete();
+      },
+    }),
+  );
+  const subscription = handler(changes).subscribe({ error: () => undefined });
+  return Object.assign(recording, { subscription });
+}
+
+/** Processes each change after `ms` of "work", one at a time, then acknowledges it. */
+const slowly =
+  (ms: number) =>
+  (changes: Observable<Change>): Observable<Change> =>
+    changes.pipe(
+      concatMap((change) => timer(ms).pipe(map(() => change))),
+      acknowledge(),
+    );
+
+const errorCode = (error: unknown): string | undefined => (error instanceof PgTideError ? error.code : undefined);
+
+/** Ids of the table's changes in the log, in log (id) order. */
+async function logIds(db: TestDatabase, table: string): Promise<string[]> {
+  const { rows } = await db.pool.query<{ id: string }>(`SELECT id::text AS id FROM pgtide.log WHERE relid = $1::regclass ORDER BY log.id`, [table]);
+  return rows.map((row) => row.id);
+}
+
+/** The consumer's row as the database has it right now (undefined once dropped). */
+async function storedConsumer(
+  db: TestDatabase,
+  name: string,
+): Promise<{ era: number; base: string; upto: string | null; after_id: string | null; expired: boolean } | undefined> {
+  const { rows } = await db.pool.query<{ era: number; base: string; upto: string | null; after_id: string | null; expired: boolean }>(
+    `SELECT era, base::text AS base, upto::text AS upto, after_id::text AS after_id, expired_at IS NOT NULL AS expired
+       FROM pgtide.consumers WHERE name = $1`,
+    [name],
+  );
+  return rows[0];
+}
+
+async function lagOf(tide: Tide, name: string): Promise<number | undefined> {
+  return (await tide.consumers()).find((consumer) => consumer.name === name)?.lagChanges;
+}
+
+const ids = (changes: readonly Change[]): string[] => changes.map((change) => change.id);
+const keys = (changes: readonly Change[]): number[] => changes.map((change) => change.key['id'] as number);
+const range = (from: number, to: number): number[] => Array.from({ length: Math.max(0, to - from + 1) }, (_, index) => from + index);
+
+describe('a running stream of an expired consumer', () => {
+  it("errors with CONSUMER_EXPIRED as soon as its own Tide's prune expires it", async () => {
+    await withDatabase(async (db) => {
+      await db.pool.query(`CREATE TABLE own_expiry (id int PRIMARY KEY)`);
+      const tide = await tideOf(db, { maxLag: 50 });
+      await tide.watch('own_expiry');
+      await db.pool.query(`INSERT INTO own_expiry SELECT generate_series(1, 200)`);
+      const options: ChangesOptions = { consumer: 'idle-hands', from: 'beginning', maxInFlight: 10 };
+      // Acknowledges nothing: the stream holds 10 changes and waits for room.
+      const run = record(tide.events$('own_expiry', options), (changes) => changes);
+      await eventually(() => run.changes.length === 10, '10 delivered (the in-flight window)');
+      await sleep(50);
+      expect(run.changes).toHaveLength(10);
+      expect(run.error).toBeUndefined();
+
+      const result = await tide.prune();
+      const prunedAt = Date.now();
+      expect(result.expired).toEqual(['idle-hands']);
+      await eventually(() => run.error !== undefined, 'the stream errored', 100);
+      console.log(`own prune: stream errored ${run.erroredAt! - prunedAt} ms after prune() resolved`);
+      expect(run.error).toBeInstanceOf(PgTideError);
+      expect(errorCode(run.error)).toBe('CONSUMER_EXPIRED');
+      expect((run.error as PgTideError).details).toMatchObject({ consumer: 'idle-hands' });
+      expect(keys(run.changes)).toEqual(range(1, 10));
+      expect((await storedConsumer(db, 'idle-hands'))?.expired).toBe(true);
+    });
+  });
+
+  it("errors with CONSUMER_EXPIRED within 2 s when another process's prune expires it (NOTIFY), with no change after a gap", async () => {
+    await withDatabase(async (db) => {
+      await db.pool.query(`CREATE TABLE other_expiry (id int PRIMARY KEY)`);
+      // Saves never happen during the test: what stops the stream is the other Tide's prune.
+      const reader = await tideOf(db, { acknowledgeFlushDelay: 60_000 });
+      await reader.watch('other_expiry');
+      await db.pool.query(`INSERT INTO other_expiry SELECT generate_series(1, 200)`);
+      const before = await logIds(db, 'other_expiry');
+      expect(before).toHaveLength(200);
+      // Another process: expires anyone more than 50 behind, and deletes what no live consumer holds.
+      const other = await tideOf(db, { maxLag: 50, retention: 0 });
+
+      const options: ChangesOptions = { consumer: 'far-behind', from: 'beginning', maxInFlight: 10 };
+      const run = record(reader.events$('other_expiry', options), slowly(2));
+      await eventually(() => run.changes.length >= 30, '30 delivered');
+
+      const result = await other.prune();
+      const prunedAt = Date.now();
+      expect(result.expired).toEqual(['far-behind']);
+      expect(result.deleted).toBe(200);
+      await eventually(() => run.error !== undefined, 'the stream errored', 2_000);
+      console.log(
+        `other process's prune: stream errored ${run.erroredAt! - prunedAt} ms after prune() resolved, ` +
+          `having delivered ${run.changes.length} changes; caught-up ${run.caughtUpAfter === undefined ? 'never' : `after ${run.caughtUpAfter}`}`,
+      );
+      expect(errorCode(run.error)).toBe('CONSUMER_EXPIRED');
+      // A prefix of the log as it was: nothing after a gap.
+      expect(ids(run.changes)).toEqual(before.slice(0, run.changes.length));
+      expect(run.changes.length).toBeLessThan(200);
+      // And nothing more comes later.
+      const delivered = run.changes.length;
+      await db.pool.query(`INSERT INTO other_expiry SELECT generate_series(201, 210)`);
+      await sleep(200);
+      expect(run.changes).toHaveLength(delivered);
+    });
+  });
+});
+
+describe('saving the position of a consumer that is no longer live', () => {
+  it('is refused once it expired (CONSUMER_EXPIRED, the position stays) and once it was dropped (UNKNOWN_CONSUMER)', async () => {
+    await withDatabase(async (db) => {
+      await db.pool.query(`CREATE TABLE refused (id int PRIMARY KEY); CREATE TABLE dropped (id int PRIMARY KEY)`);
+      const tide = await tideOf(db, { acknowledgeFlushDelay: 20 });
+
+      // Expired behind the stream's back: plain SQL, no NOTIFY, so only the refused save can stop it.
+      const expiring = record(tide.events$('refused', { consumer: 'expiring' }), (changes) => changes.pipe(acknowledge()));
+      await eventually(() => expiring.caughtUpAfter !== undefined, 'caught up');
+      await db.pool.query(`INSERT INTO refused SELECT generate_series(1, 5)`);
+      await eventually(() => expiring.changes.length === 5, '5 delivered');
+      await eventually(async () => (await lagOf(tide, 'expiring')) === 0, 'position saved after 5');
+      await db.pool.query(`UPDATE pgtide.consumers SET expired_at = now() WHERE name = 'expiring'`);
+      const saved = await storedConsumer(db, 'expiring');
+      expect(saved?.expired).toBe(true);
+
+      await db.pool.query(`INSERT INTO refused VALUES (6)`);
+      await eventually(() => expiring.error !== undefined, 'the stream errored', 3_000);
+      expect(errorCode(expiring.error)).toBe('CONSUMER_EXPIRED');
+      // Whether change 6 got through first (then its acknowledgement's save was refused) or was held back.
+      console.log(`expired by SQL: change 6 was ${expiring.changes.length === 6 ? 'delivered, acknowledged, its save refused' : 'not delivered'}`);
+      expect(keys(expiring.changes)).toEqual(range(1, expiring.changes.length));
+      await sleep(100); // any save still on its way would land now
+      expect(await storedConsumer(db, 'expiring')).toEqual(saved);
+      expect(await lagOf(tide, 'expiring')).toBe(1);
+
+      // Dropped while it runs: the next save finds no consumer, and does not bring it back.
+      const dropping = record(tide.events$('dropped', { consumer: 'dropping' }), (changes) => changes.pipe(acknowledge()));
+      await eventually(() => dropping.caughtUpAfter !== undefined, 'caught up');
+      await db.pool.query(`INSERT INTO dropped SELECT generate_series(1, 5)`);
+      await eventually(async () => dropping.changes.length === 5 && (await lagOf(tide, 'dropping')) === 0, 'position saved after 5');
+      expect(await tide.dropConsumer('dropping')).toBe(true);
+      await db.pool.query(`INSERT INTO dropped VALUES (6)`);
+      await eventually(() => dropping.error !== undefined, 'the stream errored', 3_000);
+      expect(errorCode(dropping.error)).toBe('UNKNOWN_CONSUMER');
+      await sleep(100);
+      expect(await storedConsumer(db, 'dropping')).toBeUndefined();
+    });
+  });
+});
+
+describe('replay of an expired consumer', () => {
+  it('errors with CONSUMER_EXPIRED mid-replay and never skips: what it delivered is a gap-free prefix of the log', async () => {
+    await withDatabase(async (db) => {
+      await db.pool.query(`CREATE TABLE backlog (id int PRIMARY KEY)`);
+      const reader = await tideOf(db, { pageSize: 500 });
+      await reader.watch('backlog');
+      // Ten transactions of 500: batch boundaries inside the backlog, too.
+      for (let first = 1; first <= 5000; first += 500) {
+        await db.pool.query(`INSERT INTO backlog SELECT generate_series($1::int, $1::int + 499)`, [first]);
+      }
+      const before = await logIds(db, 'backlog');
+      expect(before).toHaveLength(5000);
+      const other = await tideOf(db, { maxLag: 100, retention: 0 });
+
+      // About 1 ms per change: the replay takes seconds; the other process strikes somewhere in it.
+      const options: ChangesOptions = { consumer: 'replayer', from: 'beginning', maxInFlight: 500 };
+      const run = record(reader.events$('backlog', options), slowly(0));
+      const strikeAt = 500 + Math.floor(Math.random() * 1500);
+      await eventually(() => run.changes.length >= strikeAt, `${strikeAt} delivered`);
+      const deliveredAtPrune = run.changes.length;
+      const result = await other.prune();
+      const prunedAt = Date.now();
+      expect(result.expired).toEqual(['replayer']);
+      expect(result.deleted).toBe(5000);
+      expect(await logIds(db, 'backlog')).toEqual([]);
+
+      await eventually(() => run.error !== undefined, 'the stream errored', 2_000);
+      console.table([
+        {
+          'prune after (delivered)': deliveredAtPrune,
+          'delivered before error': run.changes.length,
+          'error after prune (ms)': run.erroredAt! - prunedAt,
+          error: errorCode(run.error),
+          'caught-up after': run.caughtUpAfter ?? 'never',
+        },
+      ]);
+      expect(errorCode(run.error)).toBe('CONSUMER_EXPIRED');
+      expect(run.changes.length).toBeLessThan(5000);
+      expect(ids(run.changes)).toEqual(before.slice(0, run.changes.length));
+      expect(keys(run.changes)).toEqual(range(1, run.changes.length));
+    });
+  });
+});
+
+interface SlowRun {
+  readonly scenario: string;
+  readonly maxLag: number;
+  readonly outcome: 'a: live, got everything' | 'b: expired, stopped' | 'neither';
+  readonly produced: number;
+  readonly delivered: number;
+  readonly duplicates: number;
+  readonly lost: number;
+  readonly outOfOrder: number;
+  readonly prunes: number;
+  readonly deleted: number;
+  /** Checks after a prune that found a change deleted that the live consumer had not acknowledged. */
+  readonly unackedDeleted: number;
+  readonly maxSeenLag: number;
+  readonly ms: number;
+}
+
+/**
+ * A slow consumer (about 1 ms per change, one at a time), a writer of `total` inserts in
+ * small transactions, and another process pruning every 10 ms with `maxLag`.
+ */
+async function slowConsumerUnderPrune(maxLag: number, total: number): Promise<{ run: SlowRun; recording: Recording; expired: boolean }> {
+  let outcome: { run: SlowRun; recording: Recording; expired: boolean } | undefined;
+  await withDatabase(async (db) => {
+    const startedAt = Date.now();
+    await db.pool.query(`CREATE TABLE slow_rows (id int PRIMARY KEY)`);
+    const reader = await tideOf(db);
+    await reader.watch('slow_rows');
+    const pruner = await tideOf(db, { maxLag, retention: 0 });
+
+    let acknowledged = 0; // keys 1..acknowledged have been acknowledged (concatMap keeps order)
+    const recording = record(reader.events$('slow_rows', { consumer: 'slowpoke', from: 'beginning' }), (changes) =>
+      changes.pipe(
+        concatMap((change) => timer(1).pipe(map(() => change))),
+        acknowledge(),
+        filter((change) => {
+          acknowledged = Math.max(acknowledged, change.key['id'] as number);
+          return true;
+        }),
+      ),
+    );
+    await eventually(() => recording.caughtUpAfter !== undefined, 'caught up on the empty table');
+
+    // The writer: one client, transactions of 1 to 5 inserts, keys 1..total in commit order.
+    let produced = 0;
+    let stopWriting = false;
+    const writer = new pg.Client({ connectionString: db.url });
+    await writer.connect();
+    const firstLogId = async (): Promise<bigint> => {
+      const { rows } = await db.pool.query<{ id: string }>(`SELECT min(id)::text AS id FROM pgtide.log WHERE relid = 'slow_rows'::regclass`);
+      return BigInt(rows[0]!.id);
+    };
+    await writer.query(`INSERT INTO slow_rows VALUES (1)`);
+    produced = 1;
+    // The log ids of this (only) table's changes are consecutive: key k is change firstId + k - 1.
+    const firstId = await firstLogId();
+    const writing = (async () => {
+      while (produced < total && !stopWriting) {
+        const size = Math.min(total - produced, 1 + Math.floor(Math.random() * 5));
+        await writer.query(`INSERT INTO slow_rows SELECT generate_series($1::int, $2::int)`, [produced + 1, produced + size]);
+        produced += size;
+        await sleep(3);
+      }
+    })();
+
+    // The other process: prune every 10 ms; after each, check the log still holds every change
+    // the consumer has not acknowledged (while it is live).
+    let pruning = true;
+    let prunes = 0;
+    let deleted = 0;
+    let unackedDeleted = 0;
+    let maxSeenLag = 0;
+    const pruneLoop = (async () => {
+      while (pruning) {
+        const result = await pruner.prune();
+        prunes += 1;
+        deleted += result.deleted;
+        // Taken after the prune: the position it went by was saved at or below `ackedBound`, and
+        // every change up to `committed` had committed before the check below reads the log.
+        const ackedBound = acknowledged;
+        const committed = produced;
+        const { rows } = await db.pool.query<{ min_id: string | null; max_id: string | null; count: string; expired: boolean }>(
+          `SELECT min(id)::text AS min_id, max(id)::text AS max_id, count(*)::text AS count,
+                  (SELECT expired_at IS NOT NULL FROM pgtide.consumers WHERE name = 'slowpoke') AS expired
+             FROM pgtide.log WHERE relid = 'slow_rows'::regclass`,
+        );
+        const state = rows[0]!;
+        if (!state.expired && committed > ackedBound) {
+          // Keys ackedBound + 1 .. committed must all still be in the log.
+          maxSeenLag = Math.max(maxSeenLag, committed - ackedBound);
+          const keyOf = (id: string) => Number(BigInt(id) - firstId) + 1;
+          const firstKeyLeft = state.min_id === null ? Infinity : keyOf(state.min_id);
+          const lastKeyLeft = state.max_id === null ? -Infinity : keyOf(state.max_id);
+          const holes = state.min_id === null ? 0 : lastKeyLeft - firstKeyLeft + 1 - Number(state.count);
+          if (firstKeyLeft > ackedBound + 1 || lastKeyLeft < committed || holes !== 0) {
+            unackedDeleted += 1;
+            console.log('unacknowledged change deleted?', { ackedBound, committed, firstKeyLeft, lastKeyLeft, holes });
+          }
+        }
+        await sleep(10);
+      }
+    })();
+
+    await eventually(
+      () => recording.error !== undefined || (produced === total && recording.changes.length >= total),
+      'every change delivered, or the stream errored',
+      20_000,
+    );
+    stopWriting = true;
+    await writing;
+    await sleep(150); // a late duplicate or stray change would show now
+    pruning = false;
+    await pruneLoop;
+    await writer.end();
+    recording.subscription.unsubscribe();
+
+    const stored = await storedConsumer(db, 'slowpoke');
+    const expired = stored?.expired ?? false;
+    const delivered = keys(recording.changes);
+    const unique = new Set(delivered);
+    let outOfOrder = 0;
+    for (let index = 1; index < delivered.length; index += 1) if (delivered[index]! <= delivered[index - 1]!) outOfOrder += 1;
+    const everything = delivered.length === produced && delivered.every((key, index) => key === index + 1);
+    const prefix = delivered.every((key, index) => key === index + 1);
+    const run: SlowRun = {
+      scenario: `slow consumer, prune every 10 ms`,
+      maxLag,
+      outcome:
+        !expired && recording.error === undefined && everything
+          ? 'a: live, got everything'
+          : expired && errorCode(recording.error) === 'CONSUMER_EXPIRED' && prefix
+            ? 'b: expired, stopped'
+            : 'neither',
+      produced,
+      delivered: delivered.length,
+      duplicates: delivered.length - unique.size,
+      lost: range(1, produced).filter((key) => !unique.has(key)).length,
+      outOfOrder,
+      prunes,
+      deleted,
+      unackedDeleted,
+      maxSeenLag,
+      ms: Date.now() - startedAt,
+    };
+    // Every delivered change is the one its key was written as (the key/log-id mapping holds).
+    for (const change of recording.changes) expect(BigInt(change.id)).toBe(firstId + BigInt((change.key['id'] as number) - 1));
+    outcome = { run, recording, expired };
+  });
+  return outcome!;
+}
+
+describe('prune while a slow consumer lags', () => {
+  it('never deletes what a live consumer has not acknowledged: it gets everything in order, or is expired and stops without a gap', async () => {
+    const near = await slowConsumerUnderPrune(300, 2000);
+    const high = await slowConsumerUnderPrune(10_000, 2000);
+    console.table([near.run, high.run]);
+    if (near.recording.error !== undefined && errorCode(near.recording.error) !== 'CONSUMER_EXPIRED') {
+      console.log('maxLag 300: stream error', near.recording.error);
+    }
+
+    for (const { run } of [near, high]) {
+      expect(run.unackedDeleted).toBe(0);
+      expect(run.duplicates).toBe(0);
+      expect(run.outOfOrder).toBe(0);
+      expect(run.prunes).toBeGreaterThan(20);
+    }
+    // maxLag near the typical lag: either outcome, but one of the two, exactly.
+    expect(['a: live, got everything', 'b: expired, stopped']).toContain(near.run.outcome);
+    if (near.run.outcome === 'a: live, got everything') expect(near.run.lost).toBe(0);
+    // maxLag far above it: never expired, everything delivered, while prune deleted behind it.
+    expect(high.run.outcome).toBe('a: live, got everything');
+    expect(high.run.lost).toBe(0);
+    expect(high.run.produced).toBe(2000);
+    expect(high.run.deleted).toBeGreaterThan(0);
+  });
+});
