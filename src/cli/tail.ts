@@ -66,6 +66,10 @@ export async function tail(session: Session, table: string, options: TailOptions
       .events$(table, changesOptions)
       .pipe(
         tap((event) => {
+          if (event.kind === 'standby') {
+            process.stderr.write(`pgtide: consumer ${event.consumer} is read by another process; waiting as its standby\n`);
+            return;
+          }
           if (event.kind !== 'caught-up') return;
           live = true;
           progress?.stop();
