@@ -31,12 +31,13 @@ interface AcknowledgementTarget {
  * changes of streams without a consumer (their ids must not acknowledge anyone's).
  */
 interface SharedRegistry {
-  readonly inFlightById: Map<string, Set<DeliveryToken>>;
+  /** One token, or several when streams share a change id (kept lean: one entry per delivery). */
+  readonly inFlightById: Map<string, DeliveryToken | DeliveryToken[]>;
   readonly unacknowledged: WeakSet<object>;
   openLedgers: number;
 }
 
-const registryKey = Symbol.for('pgtide.delivery-registry.v1');
+const registryKey = Symbol.for('pgtide.delivery-registry.v2');
 const registry: SharedRegistry = ((globalThis as Record<symbol, unknown>)[registryKey] ??= {
   inFlightById: new Map(),
   unacknowledged: new WeakSet(),
@@ -144,9 +145,10 @@ export class Ledger implements AcknowledgementTarget {
   deliver(position: Position, id: string): DeliveryToken {
     const token: DeliveryToken = { target: this, number: this.base + this.slots.length, id };
     this.slots.push({ position, done: false, token, deliveredAt: Date.now() });
-    let tokens = registry.inFlightById.get(id);
-    if (!tokens) registry.inFlightById.set(id, (tokens = new Set()));
-    tokens.add(token);
+    const known = registry.inFlightById.get(id);
+    if (known === undefined) registry.inFlightById.set(id, token);
+    else if (Array.isArray(known)) known.push(token);
+    else registry.inFlightById.set(id, [known, token]);
     return token;
   }
 
@@ -286,10 +288,13 @@ export class Ledger implements AcknowledgementTarget {
 }
 
 function forget(token: DeliveryToken): void {
-  const tokens = registry.inFlightById.get(token.id);
-  if (!tokens) return;
-  tokens.delete(token);
-  if (tokens.size === 0) registry.inFlightById.delete(token.id);
+  const known = registry.inFlightById.get(token.id);
+  if (known === token) {
+    registry.inFlightById.delete(token.id);
+  } else if (Array.isArray(known)) {
+    const rest = known.filter((other) => other !== token);
+    registry.inFlightById.set(token.id, rest.length === 1 ? rest[0]! : rest);
+  }
 }
 
 /**
@@ -316,11 +321,10 @@ function tokensOf(value: Acknowledgeable): readonly DeliveryToken[] {
   if (registry.unacknowledged.has(value)) return [];
   const id = (value as { id?: unknown }).id;
   if (typeof id !== 'string') return [];
-  const candidates = registry.inFlightById.get(id);
-  if (!candidates || candidates.size === 0) return [];
-  if (candidates.size === 1) return [...candidates];
-  const [first] = candidates;
-  first!.target.ambiguous(id, candidates.size);
+  const known = registry.inFlightById.get(id);
+  if (known === undefined) return [];
+  if (!Array.isArray(known)) return [known];
+  known[0]!.target.ambiguous(id, known.length);
   return [];
 }
 

@@ -298,35 +298,38 @@ describe('no silent stall', () => {
       expect(warnings.filter(isStall)).toHaveLength(1);
     }));
 
-  it.each(['live', 'replay'] as const)('counts in behind/processedBehind only the changes delivered after the one it waits for (%s)', (mode) =>
-    withDatabase(async (db) => {
-      await db.pool.query(`CREATE TABLE counted (id int PRIMARY KEY)`);
-      const tide = await tideOf(db, { stallTimeout: 300 });
-      const warnings: TideWarning[] = [];
-      tide.warnings$.subscribe((warning) => warnings.push(warning));
-      await tide.watch('counted');
-      const seen: Change[] = [];
-      // replay: all 10 are a backlog read in one page; live: each insert comes through the feed.
-      if (mode === 'replay') await db.pool.query(`INSERT INTO counted SELECT generate_series(1, 10)`);
-      const dropper = consume(tide.events$('counted', { consumer: 'dropper', from: 'beginning' }), (changes) =>
-        changes.pipe(
-          tap((change) => seen.push(change)),
-          filter((change) => change.key['id'] !== 4),
-          acknowledge(),
-        ),
-      );
-      if (mode !== 'replay') {
-        await caughtUp(dropper, 'dropper');
-        for (const id of range(1, 10)) await db.pool.query(`INSERT INTO counted VALUES ($1)`, [id]);
-      }
-      await eventually(() => seen.length === 10, 'all 10 delivered');
-      await eventually(() => warnings.some(isStall), 'a consumer-stalled warning', 5000);
-      const stall = warnings.find(isStall)!;
-      // Rows 5..10 were delivered after row 4 and all of them were processed.
-      expect(stall.behind).toBe(6);
-      expect(stall.processedBehind).toBe(6);
-      expect(stall.message).toContain('6 of the 6 changes delivered after it were processed');
-    }));
+  it.each(['live', 'replay'] as const)(
+    'counts in behind/processedBehind only the changes delivered after the one it waits for (%s)',
+    (mode) =>
+      withDatabase(async (db) => {
+        await db.pool.query(`CREATE TABLE counted (id int PRIMARY KEY)`);
+        const tide = await tideOf(db, { stallTimeout: 300 });
+        const warnings: TideWarning[] = [];
+        tide.warnings$.subscribe((warning) => warnings.push(warning));
+        await tide.watch('counted');
+        const seen: Change[] = [];
+        // replay: all 10 are a backlog read in one page; live: each insert comes through the feed.
+        if (mode === 'replay') await db.pool.query(`INSERT INTO counted SELECT generate_series(1, 10)`);
+        const dropper = consume(tide.events$('counted', { consumer: 'dropper', from: 'beginning' }), (changes) =>
+          changes.pipe(
+            tap((change) => seen.push(change)),
+            filter((change) => change.key['id'] !== 4),
+            acknowledge(),
+          ),
+        );
+        if (mode !== 'replay') {
+          await caughtUp(dropper, 'dropper');
+          for (const id of range(1, 10)) await db.pool.query(`INSERT INTO counted VALUES ($1)`, [id]);
+        }
+        await eventually(() => seen.length === 10, 'all 10 delivered');
+        await eventually(() => warnings.some(isStall), 'a consumer-stalled warning', 5000);
+        const stall = warnings.find(isStall)!;
+        // Rows 5..10 were delivered after row 4 and all of them were processed.
+        expect(stall.behind).toBe(6);
+        expect(stall.processedBehind).toBe(6);
+        expect(stall.message).toContain('6 of the 6 changes delivered after it were processed');
+      }),
+  );
 
   it('reports a consumer whose in-flight window is full because nothing is acknowledged', () =>
     withDatabase(async (db) => {
