@@ -393,10 +393,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       checkPending: false,
       limit: () => this.pageLimit(),
       readAhead: !this.ledger,
-      // A consumer's rows are complete only while it is live: prune deletes what an
-      // expired one had not read in the transaction that expires it, so a later check
-      // that finds it live proves the page was read whole.
-      ...(this.lease ? { verify: () => this.lease!.assertLive() } : {}),
+      ...(this.ledger ? { consumer: this.consumer! } : {}),
       deliver: (page) => generation === this.generation && this.deliverPage(page),
       stopped: () => this.ended || this.context.closed() || generation !== this.generation,
     });

@@ -101,8 +101,6 @@ export class Ledger implements AcknowledgementTarget {
   private head = 0;
   /** Delivery number of `slots[0]`. */
   private base = 0;
-  /** Processed slots after `head`. */
-  private doneAhead = 0;
   private processed: Position;
   private saved: Position;
   private movedAt = Date.now();
@@ -161,7 +159,6 @@ export class Ledger implements AcknowledgementTarget {
       this.advanceTo(position);
     } else {
       this.slots.push({ position, done: true, deliveredAt: 0 });
-      this.doneAhead += 1;
     }
   }
 
@@ -171,14 +168,10 @@ export class Ledger implements AcknowledgementTarget {
     if (!slot || slot.done) return;
     slot.done = true;
     if (slot.token) forget(slot.token);
-    if (number - this.base !== this.head) {
-      this.doneAhead += 1;
-      return;
-    }
+    if (number - this.base !== this.head) return;
     let moved: Position | undefined;
     while (this.head < this.slots.length && this.slots[this.head]!.done) {
       moved = this.slots[this.head]!.position;
-      if (this.head !== number - this.base) this.doneAhead -= 1;
       this.head += 1;
     }
     if (this.head > 1024 && this.head * 2 > this.slots.length) {
@@ -269,16 +262,19 @@ export class Ledger implements AcknowledgementTarget {
     const number = this.base + this.head;
     const since = Math.max(this.movedAt, waiting.deliveredAt);
     if (this.reportedStall === number || Date.now() - since < stallTimeout) return;
+    // Deliveries behind it (not the positions the stream passed without delivering).
+    let behind = 0;
+    let processedBehind = 0;
+    for (let index = this.head + 1; index < this.slots.length; index += 1) {
+      const slot = this.slots[index]!;
+      if (!slot.token) continue;
+      behind += 1;
+      if (slot.done) processedBehind += 1;
+    }
     const windowFull = this.inFlight >= (this.options.maxInFlight ?? Infinity);
-    if (this.doneAhead === 0 && !windowFull) return;
+    if (processedBehind === 0 && !windowFull) return;
     this.reportedStall = number;
-    this.options.onStall!({
-      waitingFor: waiting.token.id,
-      since: new Date(since),
-      behind: this.inFlight - 1,
-      processedBehind: this.doneAhead,
-      windowFull,
-    });
+    this.options.onStall!({ waitingFor: waiting.token.id, since: new Date(since), behind, processedBehind, windowFull });
   }
 
   private schedule(): void {

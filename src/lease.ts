@@ -103,16 +103,6 @@ export class ConsumerLease {
     if (rows[0]!.updated === '0') throw this.refusal(rows[0]!);
   }
 
-  /** Fails with `CONSUMER_EXPIRED` (or `UNKNOWN_CONSUMER`) if the consumer is no longer live. */
-  async assertLive(): Promise<void> {
-    const { rows } = await this.client.query<{ expired_at: Date | null; exists: boolean }>(
-      `SELECT (SELECT c.expired_at FROM ${this.settings.schema.ident}.consumers c WHERE c.name = $1) AS expired_at,
-              EXISTS (SELECT FROM ${this.settings.schema.ident}.consumers c WHERE c.name = $1) AS exists`,
-      [this.consumer],
-    );
-    if (!rows[0]!.exists || rows[0]!.expired_at) throw this.refusal(rows[0]!);
-  }
-
   /** Lets go of the lease (a standby takes over) and closes its connection. */
   async release(): Promise<void> {
     if (this.released) return;

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { ClientBase, Pool } from 'pg';
 import { RowDecoder } from './decode.js';
+import { PgTideError } from './errors.js';
 import type { SchemaNames } from './sql.js';
 import type { RowData } from './types.js';
 
@@ -114,7 +115,7 @@ export class LogReader {
     schema: SchemaNames,
   ) {
     this.decoder = new RowDecoder(pool, schema);
-    this.pageQuery = `SELECT * FROM ${schema.ident}.read_batch($1, $2, $3, $4, $5, $6, $7)`;
+    this.pageQuery = `SELECT * FROM ${schema.ident}.read_batch($1, $2, $3, $4, $5, $6, $7, $8)`;
     this.pageQueryName = preparedName(this.pageQuery);
     this.newsQuery = `SELECT array(SELECT relid::int8 FROM ${schema.ident}.tables_with_news($1::oid[], $2::pg_snapshot[]) relid)::text[] AS relids,
                              (SELECT max(era) FROM ${schema.ident}.eras) AS era`;
@@ -134,11 +135,17 @@ export class LogReader {
   }
 
   /**
+   * With `consumer`, the page is read for that durable consumer: it fails with
+   * `CONSUMER_EXPIRED` unless the consumer was live when its rows were read (at the same
+   * snapshot), so a page it gets was never thinned by a prune that expired it.
+   */
+
+  /**
    * {@link next} without decoding its rows yet: where the page ends is known from the
    * ids alone, so the following page can be asked for while this one is decoded.
    */
-  async fetch(relid: number, position: Position, limit: number, checkPending = false): Promise<FetchedPage> {
-    const { rows } = await this.pool.query<RawRow & { snapshot: string; closed: boolean; pending: boolean }>({
+  async fetch(relid: number, position: Position, limit: number, checkPending = false, consumer?: string): Promise<FetchedPage> {
+    const { rows } = await this.pool.query<RawRow & { snapshot: string; closed: boolean; pending: boolean; live: boolean }>({
       name: this.pageQueryName,
       text: this.pageQuery,
       values: [
@@ -149,15 +156,19 @@ export class LogReader {
         position.afterId?.toString() ?? null,
         limit,
         checkPending,
+        consumer ?? null,
       ],
     });
     const first = rows[0]!;
+    if (!first.live) {
+      throw new PgTideError('CONSUMER_EXPIRED', `consumer ${JSON.stringify(consumer)} was expired (or dropped) while it read`, { consumer });
+    }
     const found = first.id === null ? [] : rows;
     const upto = position.upto ?? parseSnapshot(first.snapshot);
     if (!first.closed && !position.upto && upto.xmax < position.base.xmax) {
       // The xid counter went back (a failover to a standby that had not replayed
       // everything): later xids would look delivered. Forget what the base claims above it.
-      return this.fetch(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending);
+      return this.fetch(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending, consumer);
     }
     const { era, base } = position;
     const positions = found.map((row): Position => ({ era, base, upto, afterId: BigInt(row.id) }));

@@ -22,11 +22,8 @@ export interface PageLoop {
    * does not depend on what delivery does (no in-flight window).
    */
   readonly readAhead: boolean;
-  /**
-   * Runs before a page with rows is delivered; rejecting with a `PgTideError` ends the
-   * loop with it (a consumer expired, its changes may have been pruned from under it).
-   */
-  readonly verify?: () => Promise<void>;
+  /** The durable consumer read for, if any (see `LogReader.fetch`). */
+  readonly consumer?: string;
   /** Takes one page; returns false to stop reading. */
   deliver(page: LogPage): boolean;
   /** Whether the reader has gone away: stop quietly. */
@@ -44,7 +41,8 @@ export async function readPages(from: Position, loop: PageLoop): Promise<{ posit
   let position = from;
   let failingSince: number | undefined;
   let ahead: Promise<FetchedPage> | undefined;
-  const fetch = async (at: Position): Promise<FetchedPage> => loop.reader.fetch(loop.relid, at, await loop.limit(), loop.checkPending);
+  const fetch = async (at: Position): Promise<FetchedPage> =>
+    loop.reader.fetch(loop.relid, at, await loop.limit(), loop.checkPending, loop.consumer);
   for (let attempt = 1; ; ) {
     if (loop.stopped()) return undefined;
     let page: LogPage;
@@ -55,7 +53,6 @@ export async function readPages(from: Position, loop: PageLoop): Promise<{ posit
       ahead = fetched.full && loop.readAhead ? fetch(fetched.next) : undefined;
       ahead?.catch(() => undefined);
       page = await loop.reader.decodePage(fetched);
-      if (loop.verify && page.rows.length > 0) await loop.verify();
     } catch (error) {
       ahead = undefined;
       if (loop.stopped()) return undefined;

@@ -127,11 +127,15 @@ describe('a running stream of an expired consumer', () => {
       expect(run.changes).toHaveLength(10);
       expect(run.error).toBeUndefined();
 
+      const pruneCalledAt = Date.now();
       const result = await tide.prune();
       const prunedAt = Date.now();
       expect(result.expired).toEqual(['idle-hands']);
       await eventually(() => run.error !== undefined, 'the stream errored', 100);
-      console.log(`own prune: stream errored ${run.erroredAt! - prunedAt} ms after prune() resolved`);
+      console.log(
+        `own prune: prune() took ${prunedAt - pruneCalledAt} ms; the stream errored ${run.erroredAt! - pruneCalledAt} ms after it was called ` +
+          `(${run.erroredAt! <= prunedAt ? 'before' : `${run.erroredAt! - prunedAt} ms after`} it resolved)`,
+      );
       expect(run.error).toBeInstanceOf(PgTideError);
       expect(errorCode(run.error)).toBe('CONSUMER_EXPIRED');
       expect((run.error as PgTideError).details).toMatchObject({ consumer: 'idle-hands' });
@@ -304,7 +308,7 @@ describe('replay of a consumer expired while its Tide was not listening', () => 
         {
           'delivered keys': JSON.stringify(keys(run.changes).length > 12 ? [...keys(run.changes).slice(0, 10), '...', ...keys(run.changes).slice(10)] : keys(run.changes)),
           'caught-up after': run.caughtUpAfter ?? 'never',
-          error: errorCode(run.error) ?? String(run.error),
+          error: run.error === undefined ? 'none' : (errorCode(run.error) ?? String(run.error)),
         },
       ]);
       expect(ids(run.changes)).toEqual(before.slice(0, run.changes.length));
@@ -327,7 +331,7 @@ interface SlowRun {
   readonly deleted: number;
   /** Checks after a prune that found a change deleted that the live consumer had not acknowledged. */
   readonly unackedDeleted: number;
-  readonly maxSeenLag: number;
+  readonly maxLagSeen: number;
   readonly ms: number;
 }
 
@@ -375,7 +379,7 @@ async function slowConsumerUnderPrune(maxLag: number, total: number): Promise<{ 
         const size = Math.min(total - produced, 1 + Math.floor(Math.random() * 5));
         await writer.query(`INSERT INTO slow_rows SELECT generate_series($1::int, $2::int)`, [produced + 1, produced + size]);
         produced += size;
-        await sleep(3);
+        await sleep(2); // a little faster than the consumer: its lag grows through the run
       }
     })();
 
@@ -385,7 +389,7 @@ async function slowConsumerUnderPrune(maxLag: number, total: number): Promise<{ 
     let prunes = 0;
     let deleted = 0;
     let unackedDeleted = 0;
-    let maxSeenLag = 0;
+    let maxLagSeen = 0;
     const pruneLoop = (async () => {
       while (pruning) {
         const result = await pruner.prune();
@@ -403,7 +407,7 @@ async function slowConsumerUnderPrune(maxLag: number, total: number): Promise<{ 
         const state = rows[0]!;
         if (!state.expired && committed > ackedBound) {
           // Keys ackedBound + 1 .. committed must all still be in the log.
-          maxSeenLag = Math.max(maxSeenLag, committed - ackedBound);
+          maxLagSeen = Math.max(maxLagSeen, committed - ackedBound);
           const keyOf = (id: string) => Number(BigInt(id) - firstId) + 1;
           const firstKeyLeft = state.min_id === null ? Infinity : keyOf(state.min_id);
           const lastKeyLeft = state.max_id === null ? -Infinity : keyOf(state.max_id);
@@ -455,7 +459,7 @@ async function slowConsumerUnderPrune(maxLag: number, total: number): Promise<{ 
       prunes,
       deleted,
       unackedDeleted,
-      maxSeenLag,
+      maxLagSeen,
       ms: Date.now() - startedAt,
     };
     // Every delivered change is the one its key was written as (the key/log-id mapping holds).
