@@ -309,7 +309,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
         return;
       }
     }
-    this.emit(item, position);
+    this.emit(item, position, true);
     // A slow consumer leaves the shared feed and reads at its own pace from its cursor.
     if (this.ledger && this.ledger.inFlight >= this.maxInFlight && this.feed) {
       this.detach();
@@ -453,7 +453,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     const info = this.info!;
     for (let index = 0; index < page.rows.length; index += 1) {
       if (this.ended) return false;
-      this.emit(toItem(page.rows[index]!, info), page.positions[index]!);
+      this.emit(toItem(page.rows[index]!, info), page.positions[index]!, false);
     }
     if (this.ended) return false;
     if (page.next !== this.cursor) {
@@ -464,7 +464,8 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
   }
 
 
-  private emit(item: LogItem, position: Position): void {
+  /** `shared`: the item came from the feed, which hands the same object to every stream. */
+  private emit(item: LogItem, position: Position, shared: boolean): void {
     // Update state before emitting: a subscriber may unsubscribe from inside next().
     this.cursor = position;
     if (isSchemaChange(item)) {
@@ -486,8 +487,8 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       return;
     }
     if (this.ledger) {
-      // The stream's own object: the feed hands one change to every stream of the table.
-      if (typed === change) typed = { ...typed };
+      // A delivery needs the stream's own object to tie it to this stream's ledger.
+      if (shared && typed === change) typed = { ...typed };
       recordDelivery(typed, this.ledger.deliver(position, typed.id));
     } else {
       recordUnacknowledged(typed);

@@ -86,7 +86,6 @@ interface Slot {
   readonly position: Position;
   done: boolean;
   readonly token?: DeliveryToken;
-  readonly deliveredAt: number;
 }
 
 /**
@@ -108,6 +107,8 @@ export class Ledger implements AcknowledgementTarget {
   private stallTimer: NodeJS.Timeout | undefined;
   /** The head delivery last reported as stalled (one report per stall). */
   private reportedStall: number | undefined;
+  /** The head delivery the stall check last saw, and since when (checks run often enough). */
+  private watchedHead: { readonly number: number; readonly since: number } | undefined;
   private lastAmbiguity = 0;
   private saving: Promise<void> = Promise.resolve();
   private roomWaiters: Array<() => void> = [];
@@ -142,7 +143,7 @@ export class Ledger implements AcknowledgementTarget {
   /** Records a delivered change (or transaction) with this id; returns its token. */
   deliver(position: Position, id: string): DeliveryToken {
     const token: DeliveryToken = { target: this, number: this.base + this.slots.length, id };
-    this.slots.push({ position, done: false, token, deliveredAt: Date.now() });
+    this.slots.push({ position, done: false, token });
     const known = registry.inFlightById.get(id);
     if (known === undefined) registry.inFlightById.set(id, token);
     else if (Array.isArray(known)) known.push(token);
@@ -158,7 +159,7 @@ export class Ledger implements AcknowledgementTarget {
       this.head = 0;
       this.advanceTo(position);
     } else {
-      this.slots.push({ position, done: true, deliveredAt: 0 });
+      this.slots.push({ position, done: true });
     }
   }
 
@@ -260,7 +261,8 @@ export class Ledger implements AcknowledgementTarget {
     const waiting = this.slots[this.head];
     if (this.closed || !waiting?.token) return;
     const number = this.base + this.head;
-    const since = Math.max(this.movedAt, waiting.deliveredAt);
+    if (this.watchedHead?.number !== number) this.watchedHead = { number, since: Date.now() };
+    const since = Math.max(this.movedAt, this.watchedHead.since);
     if (this.reportedStall === number || Date.now() - since < stallTimeout) return;
     // Deliveries behind it (not the positions the stream passed without delivering).
     let behind = 0;

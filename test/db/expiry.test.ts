@@ -267,22 +267,34 @@ describe('replay of an expired consumer', () => {
   });
 });
 
-describe('replay of a consumer expired while its Tide was not listening', () => {
-  it('still never skips: the page that finds the backlog pruned away ends the stream, it is not "caught up"', async () => {
+describe('a consumer expired while its Tide was not listening (the NOTIFY missed)', () => {
+  /** The other process's Tide, then the reader's, and the pid of the reader's LISTEN connection. */
+  async function twoTides(db: TestDatabase, reader: Parameters<TestDatabase['tide']>[0]): Promise<{ other: Tide; reader: Tide; listener: number; listeners: () => Promise<number[]> }> {
+    const listeners = async (): Promise<number[]> =>
+      (
+        await db.pool.query<{ pid: number }>(
+          `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgtide:listen'`,
+        )
+      ).rows.map((row) => row.pid);
+    // The other process first, so the reader's LISTEN connection is the one that appears next.
+    const other = await tideOf(db, { maxLag: 50, retention: 0 });
+    const othersListener = await listeners();
+    const readerTide = await tideOf(db, reader);
+    const readersListener = (await listeners()).filter((pid) => !othersListener.includes(pid));
+    expect(readersListener).toHaveLength(1);
+    return { other, reader: readerTide, listener: readersListener[0]!, listeners };
+  }
+
+  /** Drops the reader's LISTEN connection (it reconnects by itself, after a backoff). */
+  async function dropListener(db: TestDatabase, listener: number, listeners: () => Promise<number[]>): Promise<void> {
+    await db.pool.query(`SELECT pg_terminate_backend($1)`, [listener]);
+    await eventually(async () => !(await listeners()).includes(listener), 'the LISTEN backend gone', 2_000);
+  }
+
+  it('in replay: the page that finds the backlog pruned away ends the stream; it is not "caught up"', async () => {
     await withDatabase(async (db) => {
       await db.pool.query(`CREATE TABLE unheard (id int PRIMARY KEY)`);
-      const listeners = async (): Promise<number[]> =>
-        (
-          await db.pool.query<{ pid: number }>(
-            `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgtide:listen'`,
-          )
-        ).rows.map((row) => row.pid);
-      // The other process first, so the reader's LISTEN connection is the one that appears next.
-      const other = await tideOf(db, { maxLag: 50, retention: 0 });
-      const othersListener = await listeners();
-      const reader = await tideOf(db, { acknowledgeFlushDelay: 1_000 });
-      const readersListener = (await listeners()).filter((pid) => !othersListener.includes(pid));
-      expect(readersListener).toHaveLength(1);
+      const { other, reader, listener, listeners } = await twoTides(db, { acknowledgeFlushDelay: 1_000 });
       await reader.watch('unheard');
       await db.pool.query(`INSERT INTO unheard SELECT generate_series(1, 200)`);
       const before = await logIds(db, 'unheard');
@@ -291,9 +303,7 @@ describe('replay of a consumer expired while its Tide was not listening', () => 
       const run = record(reader.events$('unheard', options), (changes) => changes);
       await eventually(() => run.changes.length === 10, '10 delivered (the in-flight window)');
 
-      // The reader's LISTEN connection drops (it reconnects by itself); the prune's NOTIFY goes unheard.
-      await db.pool.query(`SELECT pg_terminate_backend($1)`, [readersListener[0]]);
-      await eventually(async () => !(await listeners()).includes(readersListener[0]!), 'the LISTEN backend gone', 2_000);
+      await dropListener(db, listener, listeners);
       const result = await other.prune();
       expect(result.expired).toEqual(['unheard']);
       expect(result.deleted).toBe(200);
@@ -306,6 +316,7 @@ describe('replay of a consumer expired while its Tide was not listening', () => 
       await sleep(100);
       console.table([
         {
+          where: 'replay',
           'delivered keys': JSON.stringify(keys(run.changes).length > 12 ? [...keys(run.changes).slice(0, 10), '...', ...keys(run.changes).slice(10)] : keys(run.changes)),
           'caught-up after': run.caughtUpAfter ?? 'never',
           error: run.error === undefined ? 'none' : (errorCode(run.error) ?? String(run.error)),
@@ -313,6 +324,41 @@ describe('replay of a consumer expired while its Tide was not listening', () => 
       ]);
       expect(ids(run.changes)).toEqual(before.slice(0, run.changes.length));
       expect(run.caughtUpAfter).toBeUndefined();
+      expect(errorCode(run.error)).toBe('CONSUMER_EXPIRED');
+    });
+  });
+
+  it('caught up, on the shared live feed: it delivers no change after the gap the prune left', async () => {
+    await withDatabase(async (db) => {
+      await db.pool.query(`CREATE TABLE unheard_live (id int PRIMARY KEY)`);
+      // No poll while LISTEN is down within the test: the feed reads when LISTEN is back (nudgeAll).
+      const { other, reader, listener, listeners } = await twoTides(db, { acknowledgeFlushDelay: 60_000, pollInterval: 60_000 });
+      await reader.watch('unheard_live');
+      // Acknowledges nothing; well inside maxInFlight (1000), so it stays on the shared feed.
+      const run = record(reader.events$('unheard_live', { consumer: 'unheard-live' }), (changes) => changes);
+      await eventually(() => run.caughtUpAfter !== undefined, 'caught up');
+      await db.pool.query(`INSERT INTO unheard_live SELECT generate_series(1, 100)`);
+      await eventually(() => run.changes.length === 100, '100 delivered live');
+
+      await dropListener(db, listener, listeners);
+      // Committed while nobody in the reader listens, then pruned with the consumer's expiry.
+      await db.pool.query(`INSERT INTO unheard_live SELECT generate_series(101, 110)`);
+      const result = await other.prune();
+      const listeningAgain = (await listeners()).length > 1;
+      expect(result.expired).toEqual(['unheard-live']);
+      expect(result.deleted).toBe(110);
+      await db.pool.query(`INSERT INTO unheard_live SELECT generate_series(111, 115)`);
+      await eventually(() => run.error !== undefined || run.changes.length > 100, 'the stream errored or delivered more', 5_000);
+      await sleep(100);
+      console.table([
+        {
+          where: 'live feed',
+          'LISTEN back before the prune committed': listeningAgain,
+          'delivered keys': JSON.stringify(keys(run.changes).length > 12 ? [1, '...', ...keys(run.changes).slice(99)] : keys(run.changes)),
+          error: run.error === undefined ? 'none' : (errorCode(run.error) ?? String(run.error)),
+        },
+      ]);
+      expect(keys(run.changes)).toEqual(range(1, run.changes.length));
       expect(errorCode(run.error)).toBe('CONSUMER_EXPIRED');
     });
   });
