@@ -15,6 +15,7 @@ const shipped: Record<string, string> = {
   '000001.sql': '695eb1930b55d8ee6dc733ac52c56a183d7a18ffc44a8852eb2212bdf63734b8',
   '000002.sql': '3f66a7ec7791f07ed4d3264b4fd5907f615511009ff2cade25391d075e3fbaf4',
   '000003.sql': 'e953254ebcb550cf1540b8b48f73342a42df80b4acc3271ebb24093c9bd1a4b4',
+  '000004.sql': 'fb810a86e27c3f4641e24c70c545a58d7f346a1bff886e642931a66aa522035c',
 };
 
 describe('migrations', () => {
