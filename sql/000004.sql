@@ -1,14 +1,15 @@
 -- pgtide schema, version 4: a consumer's page read proves the page is whole.
 
 -- Prune expires a consumer and deletes what it had not read in one transaction. A page
--- read for a consumer also says whether the consumer was live, in the same statement,
--- so at the same snapshot as its rows: live means that transaction had not committed
--- when the rows were read, so none of them had been deleted. (A separate check after
--- the read would say the same at the cost of a round trip per page.)
+-- read for consumers (a consumer's replay, or a feed some consumers follow) also names
+-- those of them that were expired or dropped, in the same statement, so at the same
+-- snapshot as its rows: one that is not named was live, so that transaction had not
+-- committed when the rows were read, and none of its rows had been deleted. (A separate
+-- check after the read would say the same at the cost of a round trip per page.)
 CREATE FUNCTION :SCHEMA.read_batch(rel oid, era integer, base pg_snapshot, upto pg_snapshot, after_id bigint,
-                                   page_size integer, check_pending boolean, consumer text)
+                                   page_size integer, check_pending boolean, consumers text[])
 RETURNS TABLE (snapshot text, closed boolean, pending boolean, id bigint, txid xid8, op "char",
-               changed text[], new text, old text, shape integer, written_ms float8, live boolean)
+               changed text[], new text, old text, shape integer, written_ms float8, expired text[])
 LANGUAGE plpgsql
 VOLATILE
 SET enable_bitmapscan = off
@@ -35,8 +36,8 @@ BEGIN
       SELECT b.lo, coalesce(b.hi, 9223372036854775807) AS hi, b.hi IS NOT NULL AS closed,
              coalesce(upto, CASE WHEN b.hi IS NOT NULL THEN '9223372036854775807:9223372036854775807:'::pg_snapshot END,
                       pg_current_snapshot()) AS s,
-             consumer IS NULL OR EXISTS (SELECT FROM :SCHEMA.consumers c
-                                          WHERE c.name = consumer AND c.expired_at IS NULL) AS live
+             (SELECT array_agg(n) FROM unnest(consumers) n
+               WHERE NOT EXISTS (SELECT FROM :SCHEMA.consumers c WHERE c.name = n AND c.expired_at IS NULL)) AS expired
         FROM bounds b
     ),
     start AS (
@@ -60,7 +61,7 @@ BEGIN
       FROM batch
     )
     SELECT batch.s::text, batch.closed, writers_committing, l.id, l.txid, l.op, l.changed, l.new, l.old, l.shape,
-           (extract(epoch FROM l.written_at) * 1000)::float8, batch.live
+           (extract(epoch FROM l.written_at) * 1000)::float8, batch.expired
       FROM batch CROSS JOIN start
       LEFT JOIN LATERAL (
         SELECT * FROM :SCHEMA.log p
@@ -82,10 +83,10 @@ VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
   SELECT r.snapshot, r.closed, r.pending, r.id, r.txid, r.op, r.changed, r.new, r.old, r.shape, r.written_ms
-    FROM :SCHEMA.read_batch(rel, era, base, upto, after_id, page_size, check_pending, NULL::text) r
+    FROM :SCHEMA.read_batch(rel, era, base, upto, after_id, page_size, check_pending, NULL::text[]) r
 $$;
 
-REVOKE ALL ON FUNCTION :SCHEMA.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION :SCHEMA.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean, text[]) FROM PUBLIC;
 
 -- Roles that may consume may read for a consumer too: those granted already, and those
 -- grant_consumer grants from now on.
@@ -96,7 +97,7 @@ BEGIN
   FOR role_name IN SELECT DISTINCT p.grantee FROM information_schema.routine_privileges p
                     WHERE p.routine_schema = :CHANNEL AND p.routine_name = 'read_batch'
                       AND p.privilege_type = 'EXECUTE' AND p.grantee <> current_user LOOP
-    EXECUTE format('GRANT EXECUTE ON FUNCTION %s.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean, text) TO %I',
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean, text[]) TO %I',
                    :SCHEMA_LITERAL_IDENT, role_name);
   END LOOP;
 END
@@ -113,7 +114,7 @@ BEGIN
   EXECUTE format('GRANT SELECT, DELETE ON %s.log TO %s', :SCHEMA_LITERAL_IDENT, grantee);
   EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s.consumers TO %s', :SCHEMA_LITERAL_IDENT, grantee);
   EXECUTE format('GRANT EXECUTE ON FUNCTION %1$s.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean), '
-    '%1$s.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean, text), '
+    '%1$s.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean, text[]), '
     '%1$s.tables_with_news(oid[], pg_snapshot[]), %1$s.delivered(integer, pg_snapshot, pg_snapshot, bigint, integer, xid8, bigint), '
     '%1$s.era_of(bigint), %1$s.current_era() TO %2$s', :SCHEMA_LITERAL_IDENT, grantee);
 END

@@ -3,6 +3,7 @@ import { assertColumns, type TableInfo } from './catalog.js';
 import { isSchemaChange, rowKeyString, selectColumns, toItem, withRowSchema, type LogItem } from './change.js';
 import { Ledger, recordDelivery, recordUnacknowledged, type Stall } from './delivery.js';
 import type { ConsumerLease } from './lease.js';
+import { expiredError } from './consumers.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import type { FeedMember, Hub } from './hub.js';
 import { backoffDelay, sleep } from './backoff.js';
@@ -253,6 +254,11 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     if (!this.ended) this.subscriber.next({ kind: 'standby', consumer });
   }
 
+  /** The consumer this stream reads for, once it is the consumer's reader. */
+  get durableConsumer(): string | undefined {
+    return this.ledger ? this.consumer : undefined;
+  }
+
   /** Durable rowId streams follow the feed's position past other rows (see `passed`). */
   get followsPositions(): boolean {
     return this.ledger !== undefined && this.rowKey !== undefined;
@@ -393,7 +399,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       checkPending: false,
       limit: () => this.pageLimit(),
       readAhead: !this.ledger,
-      ...(this.ledger ? { consumer: this.consumer! } : {}),
+      ...(this.ledger ? { consumers: () => [this.consumer!] } : {}),
       deliver: (page) => generation === this.generation && this.deliverPage(page),
       stopped: () => this.ended || this.context.closed() || generation !== this.generation,
     });
@@ -451,6 +457,11 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
   /** Emits a page's rows and advances the cursor; false once the stream has ended. */
   private deliverPage(page: LogPage): boolean {
     const info = this.info!;
+    if (page.expired.length > 0) {
+      // Prune expired this consumer and may have deleted rows of this page's range.
+      this.fail(expiredError(this.consumer!, new Date()));
+      return false;
+    }
     for (let index = 0; index < page.rows.length; index += 1) {
       if (this.ended) return false;
       this.emit(toItem(page.rows[index]!, info), page.positions[index]!, false);

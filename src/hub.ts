@@ -1,5 +1,6 @@
 import type { TableInfo } from './catalog.js';
 import { isSchemaChange, rowKeyString, toItem, type LogItem } from './change.js';
+import { expiredError } from './consumers.js';
 import { lostConnection, readPages } from './pages.js';
 import type { LogReader, Position } from './log.js';
 import type { Logger } from './types.js';
@@ -16,6 +17,12 @@ export interface FeedMember {
   readonly followsPositions?: boolean;
   /** The feed has handed over everything up to `position` (see `followsPositions`). */
   passed?(position: Position): void;
+  /**
+   * The durable consumer the member reads for: the feed reads its pages for these
+   * consumers, and fails a member whose consumer a page says was expired before it
+   * hands the member anything of that page.
+   */
+  readonly durableConsumer?: string | undefined;
   /** The feed gave up (the database stayed unreachable): the member errors. */
   fail(error: unknown): void;
 }
@@ -61,6 +68,7 @@ export class TableFeed {
   private readonly everyRow = new Set<FeedMember>();
   private readonly byKey = new Map<string, Set<FeedMember>>();
   private readonly positionFollowers = new Set<FeedMember>();
+  private readonly consumerMembers = new Map<string, Set<FeedMember>>();
   private reading = false;
   private again = false;
   private stopped = false;
@@ -93,6 +101,12 @@ export class TableFeed {
   }
 
   add(member: FeedMember): void {
+    const consumer = member.durableConsumer;
+    if (consumer !== undefined) {
+      let members = this.consumerMembers.get(consumer);
+      if (!members) this.consumerMembers.set(consumer, (members = new Set()));
+      members.add(member);
+    }
     if (member.rowKey === undefined) {
       this.everyRow.add(member);
     } else {
@@ -107,6 +121,12 @@ export class TableFeed {
   }
 
   remove(member: FeedMember): void {
+    const consumer = member.durableConsumer;
+    if (consumer !== undefined) {
+      const members = this.consumerMembers.get(consumer);
+      members?.delete(member);
+      if (members?.size === 0) this.consumerMembers.delete(consumer);
+    }
     if (member.rowKey === undefined) {
       this.everyRow.delete(member);
     } else {
@@ -170,8 +190,13 @@ export class TableFeed {
           checkPending: true,
           limit: () => this.settings.pageSize,
           readAhead: true,
+          consumers: () => [...this.consumerMembers.keys()],
           stopped: () => this.stopped,
           deliver: (page) => {
+            for (const consumer of page.expired) {
+              const error = expiredError(consumer, new Date());
+              for (const member of [...(this.consumerMembers.get(consumer) ?? [])]) member.fail(error);
+            }
             for (let index = 0; index < page.rows.length; index += 1) {
               this.dispatch(toItem(page.rows[index]!, this.table), page.positions[index]!);
             }

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { ClientBase, Pool } from 'pg';
 import { RowDecoder } from './decode.js';
-import { PgTideError } from './errors.js';
 import type { SchemaNames } from './sql.js';
 import type { RowData } from './types.js';
 
@@ -93,6 +92,8 @@ export interface LogPage {
    * when the page was read: its changes become readable in a moment.
    */
   readonly pending: boolean;
+  /** Of the consumers the page was read for, those expired or dropped at its snapshot. */
+  readonly expired: readonly string[];
 }
 
 /** A page as read, its rows still record text (see {@link LogReader.fetch}). */
@@ -135,17 +136,23 @@ export class LogReader {
   }
 
   /**
-   * With `consumer`, the page is read for that durable consumer: it fails with
-   * `CONSUMER_EXPIRED` unless the consumer was live when its rows were read (at the same
-   * snapshot), so a page it gets was never thinned by a prune that expired it.
+   * With `consumers`, the page also names those of them that were expired or dropped
+   * when its rows were read (at the same snapshot): for the others, no prune that
+   * expired them had deleted any of its rows.
    */
 
   /**
    * {@link next} without decoding its rows yet: where the page ends is known from the
    * ids alone, so the following page can be asked for while this one is decoded.
    */
-  async fetch(relid: number, position: Position, limit: number, checkPending = false, consumer?: string): Promise<FetchedPage> {
-    const { rows } = await this.pool.query<RawRow & { snapshot: string; closed: boolean; pending: boolean; live: boolean }>({
+  async fetch(
+    relid: number,
+    position: Position,
+    limit: number,
+    checkPending = false,
+    consumers?: readonly string[],
+  ): Promise<FetchedPage> {
+    const { rows } = await this.pool.query<RawRow & { snapshot: string; closed: boolean; pending: boolean; expired: string[] | null }>({
       name: this.pageQueryName,
       text: this.pageQuery,
       values: [
@@ -156,19 +163,16 @@ export class LogReader {
         position.afterId?.toString() ?? null,
         limit,
         checkPending,
-        consumer ?? null,
+        consumers && consumers.length > 0 ? consumers : null,
       ],
     });
     const first = rows[0]!;
-    if (!first.live) {
-      throw new PgTideError('CONSUMER_EXPIRED', `consumer ${JSON.stringify(consumer)} was expired (or dropped) while it read`, { consumer });
-    }
     const found = first.id === null ? [] : rows;
     const upto = position.upto ?? parseSnapshot(first.snapshot);
     if (!first.closed && !position.upto && upto.xmax < position.base.xmax) {
       // The xid counter went back (a failover to a standby that had not replayed
       // everything): later xids would look delivered. Forget what the base claims above it.
-      return this.fetch(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending, consumer);
+      return this.fetch(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending, consumers);
     }
     const { era, base } = position;
     const positions = found.map((row): Position => ({ era, base, upto, afterId: BigInt(row.id) }));
@@ -178,7 +182,7 @@ export class LogReader {
     // A batch that ends in a closed era leaves the rest of that era to read first.
     else if (first.closed && !position.upto) next = { era: era + 1, base: NOTHING_VISIBLE };
     else next = { era, base: upto };
-    return { raw: found, positions, next, full: full || first.closed, pending: first.pending };
+    return { raw: found, positions, next, full: full || first.closed, pending: first.pending, expired: first.expired ?? [] };
   }
 
   /** A fetched page with its rows decoded as the pool would return them. */

@@ -22,8 +22,8 @@ export interface PageLoop {
    * does not depend on what delivery does (no in-flight window).
    */
   readonly readAhead: boolean;
-  /** The durable consumer read for, if any (see `LogReader.fetch`). */
-  readonly consumer?: string;
+  /** The durable consumers the pages are read for (see `LogPage.expired`). */
+  readonly consumers?: () => readonly string[];
   /** Takes one page; returns false to stop reading. */
   deliver(page: LogPage): boolean;
   /** Whether the reader has gone away: stop quietly. */
@@ -42,7 +42,7 @@ export async function readPages(from: Position, loop: PageLoop): Promise<{ posit
   let failingSince: number | undefined;
   let ahead: Promise<FetchedPage> | undefined;
   const fetch = async (at: Position): Promise<FetchedPage> =>
-    loop.reader.fetch(loop.relid, at, await loop.limit(), loop.checkPending, loop.consumer);
+    loop.reader.fetch(loop.relid, at, await loop.limit(), loop.checkPending, loop.consumers?.());
   for (let attempt = 1; ; ) {
     if (loop.stopped()) return undefined;
     let page: LogPage;
