@@ -89,11 +89,18 @@ function assertNotAhead(version: number, schema: SchemaNames): void {
 }
 
 function substitute(sql: string, schema: SchemaNames): string {
+  // Function bodies are dollar-quoted ($$), and the schema name goes into them as a
+  // literal: a name holding `$$` would end a body early. Bodies get a tag the name
+  // does not contain.
+  let tag = '$pgtide$';
+  for (let counter = 0; schema.name.includes(tag) || schema.ident.includes(tag); counter += 1) tag = `$pgtide_${counter}$`;
   const values: Record<string, string> = {
     ':SCHEMA_LITERAL_IDENT': schema.identLiteral,
     ':SCHEMA': schema.ident,
     ':SCHEMA_KEY': `'${createHash('sha1').update(schema.name).digest('hex').slice(0, 16)}'`,
     ':CHANNEL': schema.literal,
   };
-  return sql.replace(/:SCHEMA_LITERAL_IDENT|:SCHEMA_KEY|:SCHEMA|:CHANNEL/g, (token) => values[token]!);
+  return sql
+    .replaceAll('$$', tag)
+    .replace(/:SCHEMA_LITERAL_IDENT|:SCHEMA_KEY|:SCHEMA|:CHANNEL/g, (token) => values[token]!);
 }
