@@ -15,7 +15,8 @@
 import { appendFileSync } from 'node:fs';
 import { filter, map, tap } from 'rxjs';
 import { acknowledge } from '../../operators/acknowledge.js';
-import { connect, PgTideError } from '../../src/index.js';
+import { connect } from '../../src/index.js';
+import { reportStreamError, send, stopOnRequest } from './child-ipc.js';
 
 const [url, outFile, table, consumer, flushDelay] = process.argv.slice(2);
 if (!url || !outFile || !table || !consumer) {
@@ -23,7 +24,6 @@ if (!url || !outFile || !table || !consumer) {
   process.exit(2);
 }
 
-const send = (message: Record<string, unknown>) => process.send?.(message);
 const quiet = {
   debug: () => undefined,
   info: () => undefined,
@@ -51,30 +51,7 @@ const subscription = tide
     }),
     acknowledge(),
   )
-  .subscribe({
-    error: (error: unknown) => {
-      send({
-        type: 'error',
-        code: error instanceof PgTideError ? error.code : undefined,
-        message: String(error),
-      });
-      process.exitCode = 1;
-    },
-  });
+  .subscribe(reportStreamError);
 send({ type: 'ready' });
 
-let stopping = false;
-async function stop(): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  // A clean shutdown as an application does it: unsubscribe (saves the processed
-  // position), then close the Tide.
-  subscription.unsubscribe();
-  await tide.close();
-  process.disconnect?.();
-  process.exit(process.exitCode ?? 0);
-}
-process.on('message', (message) => {
-  if (message === 'stop') void stop();
-});
-process.on('SIGTERM', () => void stop());
+stopOnRequest(subscription, tide);

@@ -20,7 +20,8 @@
 import { appendFileSync } from 'node:fs';
 import { concatMap, filter, map, tap, timer } from 'rxjs';
 import { acknowledge } from '../../operators/acknowledge.js';
-import { connect, PgTideError } from '../../src/index.js';
+import { connect } from '../../src/index.js';
+import { reportStreamError, send, stopOnRequest } from './child-ipc.js';
 
 const [url, outFile, table, consumer, leaseTimeout, flushDelay] = process.argv.slice(2);
 if (!url || !outFile || !table || !consumer || !leaseTimeout || !flushDelay) {
@@ -28,7 +29,6 @@ if (!url || !outFile || !table || !consumer || !leaseTimeout || !flushDelay) {
   process.exit(2);
 }
 
-const send = (message: Record<string, unknown>) => process.send?.({ ...message, at: Date.now() });
 const quiet = {
   debug: () => undefined,
   info: () => undefined,
@@ -72,28 +72,7 @@ const subscription = tide
     }),
     acknowledge(),
   )
-  .subscribe({
-    error: (error: unknown) => {
-      send({
-        type: 'error',
-        code: error instanceof PgTideError ? error.code : undefined,
-        message: String(error),
-      });
-      process.exitCode = 1;
-    },
-  });
+  .subscribe(reportStreamError);
 send({ type: 'ready' });
 
-let stopping = false;
-async function stop(): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  subscription.unsubscribe();
-  await tide.close();
-  process.disconnect?.();
-  process.exit(process.exitCode ?? 0);
-}
-process.on('message', (message) => {
-  if (message === 'stop') void stop();
-});
-process.on('SIGTERM', () => void stop());
+stopOnRequest(subscription, tide);
