@@ -7,6 +7,8 @@ export { filterRows } from './filterRows.js';
 export { groupByRow } from './groupByRow.js';
 export type { GroupByRowOptions } from './groupByRow.js';
 export { ofOperation } from './ofOperation.js';
+export { processChanges } from './processChanges.js';
+export type { ProcessChangesOptions } from './processChanges.js';
 export type { ChangeOf } from './ofOperation.js';
 export { rowKey } from './rowKey.js';
 export { stateKey, toState } from './toState.js';

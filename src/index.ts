@@ -31,6 +31,8 @@ export { debounceByKey } from '../operators/debounceByKey.js';
 export { filterRows } from '../operators/filterRows.js';
 export { groupByRow } from '../operators/groupByRow.js';
 export { ofOperation } from '../operators/ofOperation.js';
+export { processChanges } from '../operators/processChanges.js';
+export type { ProcessChangesOptions } from '../operators/processChanges.js';
 export { rowKey } from '../operators/rowKey.js';
 export { stateKey, toState } from '../operators/toState.js';
 export { whereChanged } from '../operators/whereChanged.js';
