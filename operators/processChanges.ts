@@ -1,4 +1,4 @@
-import { defer, from, Observable, retry, timer, type ObservableInput, type OperatorFunction, type Subscription } from 'rxjs';
+import { defer, from, Observable, retry, Subscription, timer, type ObservableInput, type OperatorFunction } from 'rxjs';
 import { markProcessed } from '../src/delivery.js';
 import { PgTideError } from '../src/errors.js';
 import type { Change } from '../src/types.js';
@@ -74,46 +74,62 @@ export function processChanges<T extends Change<unknown> | readonly Change<unkno
           const result = handler(entry.value);
           return isObservableInput(result) ? from(result) : from([result]);
         }).pipe(retry({ count: attempts - 1, delay: (_error, attempt) => timer(backoff(attempt)) }));
-        let failed = false;
-        const subscription = work.subscribe({
-          error: (error: unknown) => {
-            failed = true;
-            subscriber.error(
-              new PgTideError(
-                'PROCESSING_FAILED',
-                `processChanges: the handler failed ${attempts} time(s) for ${describe(entry.value)}: ${String(error)}`,
-                { attempts, change: entry.value },
-                { cause: error },
-              ),
-            );
-          },
-          complete: () => {
-            if (failed) return;
-            running.delete(subscription);
-            for (const row of entry.rows) busyRows.delete(row);
-            for (const change of changesOf(entry.value)) markProcessed(change);
-            subscriber.next(entry.value);
-            pump();
-            finishIfDone();
-          },
-        });
-        if (!subscription.closed) running.add(subscription);
+        // The handle exists before subscribing: a handler may complete synchronously.
+        const handle = new Subscription();
+        running.add(handle);
+        handle.add(
+          work.subscribe({
+            error: (error: unknown) => {
+              subscriber.error(
+                new PgTideError(
+                  'PROCESSING_FAILED',
+                  `processChanges: the handler failed ${attempts} time(s) for ${describe(entry.value)}: ${String(error)}`,
+                  { attempts, change: entry.value },
+                  { cause: error },
+                ),
+              );
+            },
+            complete: () => {
+              running.delete(handle);
+              for (const row of entry.rows) busyRows.delete(row);
+              for (const change of changesOf(entry.value)) markProcessed(change);
+              subscriber.next(entry.value);
+              pump();
+              finishIfDone();
+            },
+          }),
+        );
       };
 
-      /** Starts what may start: in arrival order, skipping values whose rows an earlier value holds. */
+      /**
+       * Starts what may start: in arrival order, skipping values whose rows an earlier
+       * value holds. Not re-entered: a handler that completes synchronously asks for
+       * another pass instead, taken once this one is over.
+       */
+      let pumping = false;
+      let pumpAgain = false;
       const pump = (): void => {
-        const held = new Set(busyRows);
-        for (let index = 0; index < waiting.length && running.size < concurrency; ) {
-          const entry = waiting[index]!;
-          if (entry.rows.some((row) => conflicts(held, row))) {
-            for (const row of entry.rows) held.add(row);
-            index += 1;
-            continue;
-          }
-          waiting.splice(index, 1);
-          start(entry);
-          for (const row of entry.rows) held.add(row);
+        if (pumping) {
+          pumpAgain = true;
+          return;
         }
+        pumping = true;
+        do {
+          pumpAgain = false;
+          const held = new Set(busyRows);
+          for (let index = 0; index < waiting.length && running.size < concurrency; ) {
+            const entry = waiting[index]!;
+            if (entry.rows.some((row) => conflicts(held, row))) {
+              for (const row of entry.rows) held.add(row);
+              index += 1;
+              continue;
+            }
+            waiting.splice(index, 1);
+            start(entry);
+            for (const row of entry.rows) held.add(row);
+          }
+        } while (pumpAgain);
+        pumping = false;
       };
 
       const upstream = source.subscribe({

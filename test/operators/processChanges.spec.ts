@@ -47,6 +47,36 @@ describe('processChanges', () => {
     expect(started.map(([id]) => id)).toEqual(['1', '2', '3']);
   });
 
+  it('takes handlers that return at once (a plain value) or a promise-free observable that completes synchronously', () => {
+    const scheduler = newScheduler();
+    const mailer = consumer(scheduler);
+    const handled: string[] = [];
+    scheduler.run(({ cold, expectObservable }) => {
+      const source = cold('a-b|', { a: a1, b: b1 });
+      const handler = (value: Change<unknown>) => {
+        handled.push(value.id);
+        return value.id;
+      };
+      expectObservable(source.pipe(mailer.delivered(), processChanges(handler, { concurrency: 2 }))).toBe('a-b|', { a: a1, b: b1 });
+    });
+    expect(handled).toEqual(['1', '2']);
+    expect(mailer.moves).toEqual([{ id: '1', frame: 0 }, { id: '2', frame: 2 }]);
+  });
+
+  it('with synchronous handlers still keeps each row in delivery order', () => {
+    const scheduler = newScheduler();
+    const handled: string[] = [];
+    scheduler.run(({ cold, expectObservable }) => {
+      const source = cold('(abcd|)', { a: a1, b: b1, c: a2, d: b2 });
+      const handler = (value: Change<unknown>) => {
+        handled.push(value.id);
+        return null;
+      };
+      expectObservable(source.pipe(processChanges(handler, { concurrency: 3 }))).toBe('(abcd|)', { a: a1, b: b1, c: a2, d: b2 });
+    });
+    expect(handled).toEqual(['1', '2', '3', '4']);
+  });
+
   it('a truncate waits for every running change of its table, and later changes wait for it', () => {
     const scheduler = newScheduler();
     const started: Array<[string, number]> = [];
