@@ -9,7 +9,7 @@ import type { FeedMember, Hub } from './hub.js';
 import { backoffDelay, sleep } from './backoff.js';
 import { lostConnection, readPages } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
-import { atOrAfter, isDelivered, NOTHING_VISIBLE, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
+import { atOrAfter, isDelivered, NOTHING_VISIBLE, samePosition, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
 import type { Change, ChangesOptions, Logger, RowData, StreamEvent } from './types.js';
 
 /** What a stream needs from its Tide. */
@@ -98,6 +98,12 @@ export function trackedStream<T>(context: StreamContext, create: (subscriber: Su
   });
 }
 
+/** Where a consumer's reader starts; `resumed`: it goes on with what it had delivered. */
+interface OpenedConsumer {
+  readonly position: Position;
+  readonly resumed: boolean;
+}
+
 /**
  * What every stream of a Tide shares: ending once (complete, unsubscribe or failure),
  * and saving its consumer position on the way out unless it ended like a crash.
@@ -137,7 +143,7 @@ export abstract class StreamBase<T> implements RunningStream {
     tables: readonly TableInfo[],
     start: (db: Queryable) => Promise<Position>,
     maxInFlight?: number,
-  ): Promise<{ readonly position: Position; readonly resumed: boolean } | undefined> {
+  ): Promise<OpenedConsumer | undefined> {
     let failingSince: number | undefined;
     for (let attempt = 1; ; attempt += 1) {
       if (this.ended) return undefined;
@@ -286,7 +292,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       if (consumer === undefined) {
         this.cursor = await this.startPosition(info);
       } else {
-        const opened = await this.openConsumer(this.context, consumer, [info], (db) => this.startPosition(info, db), this.maxInFlight);
+        const opened = await this.becomeReader(consumer, info);
         if (opened === undefined) return;
         this.cursor = opened.position;
       }
@@ -328,7 +334,6 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     this.feed = undefined;
   }
 
-
   /** Replays from the cursor, then joins the shared feed. */
   private async follow(info: TableInfo): Promise<void> {
     const generation = this.generation;
@@ -338,9 +343,9 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
   }
 
   /**
-   * The lease's connection was lost (a server restart, say): stop delivering, forget
-   * what was in flight (it was not saved; it comes again), take the lease again (as a
-   * standby if another process took over meanwhile) and resume from the saved position.
+   * The lease's connection was lost (a server restart, say): stop delivering, take the
+   * lease again (as a standby if another process took over meanwhile), then go on from
+   * what was delivered if nobody moved the saved position, else from the saved position.
    */
   protected override leaseLost(error: PgTideError): void {
     if (this.ended) return;
@@ -351,13 +356,17 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     this.context.logger.warn(`pgtide: ${error.message}; taking the lease again`, { consumer: this.consumer });
     const info = this.info!;
     void (async () => {
-      const opened = await this.openConsumer(this.context, this.consumer!, [info], (db) => this.startPosition(info, db), this.maxInFlight);
+      const opened = await this.becomeReader(this.consumer!, info);
       if (opened === undefined) return;
       // Resumed: on from what was delivered. Otherwise another reader moved the
       // position: start over from it (what was in flight here is delivered again).
       if (!opened.resumed) this.cursor = opened.position;
       await this.follow(info);
     })().catch((failure: unknown) => this.fail(failure));
+  }
+
+  private becomeReader(consumer: string, info: TableInfo): Promise<OpenedConsumer | undefined> {
+    return this.openConsumer(this.context, consumer, [info], (db) => this.startPosition(info, db), this.maxInFlight);
   }
 
   /** Where the stream starts without a saved position (a consumer's first run). */
@@ -474,7 +483,6 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     return true;
   }
 
-
   /** `shared`: the item came from the feed, which hands the same object to every stream. */
   private emit(item: LogItem, position: Position, shared: boolean): void {
     // Update state before emitting: a subscriber may unsubscribe from inside next().
@@ -506,11 +514,6 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     }
     this.subscriber.next({ kind: 'change', change: typed });
   }
-}
-
-/** Whether two positions say the same (as saved: era, snapshots, id). */
-function samePosition(a: Position, b: Position): boolean {
-  return a.era === b.era && a.base.text === b.base.text && a.upto?.text === b.upto?.text && a.afterId === b.afterId;
 }
 
 /** Values of the key columns named by a `rowId` option. */

@@ -9,7 +9,7 @@ import type { Change, Logger, Transaction } from './types.js';
  * matched by id instead. `Symbol.for`: every copy of pgtide loaded in the process (an
  * ES module and a CommonJS one, say) uses the same key.
  */
-export const DELIVERIES: unique symbol = Symbol.for('pgtide.deliveries') as never;
+const DELIVERIES: unique symbol = Symbol.for('pgtide.deliveries') as never;
 
 /** One delivery of one durable stream: acknowledging it completes it in its ledger. */
 export interface DeliveryToken {
@@ -300,7 +300,11 @@ function forget(token: DeliveryToken): void {
  * deliveries. The object must be the stream's own (never shared with another stream).
  */
 export function recordDelivery(delivered: Acknowledgeable, token: DeliveryToken): void {
-  Object.defineProperty(delivered, DELIVERIES, { value: [token], writable: true, configurable: true });
+  setTokens(delivered, [token]);
+}
+
+function setTokens(carrier: Acknowledgeable, tokens: readonly DeliveryToken[]): void {
+  Object.defineProperty(carrier, DELIVERIES, { value: tokens, writable: true, configurable: true });
 }
 
 /**
@@ -362,5 +366,5 @@ export function carryDelivery(original: Change<unknown>, successor: Change<unkno
   const carried = tokensOf(original);
   if (carried.length === 0) return;
   const own = (successor as Carrier)[DELIVERIES] ?? [];
-  Object.defineProperty(successor, DELIVERIES, { value: [...own, ...carried], writable: true, configurable: true });
+  setTokens(successor, [...own, ...carried]);
 }

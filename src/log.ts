@@ -72,6 +72,11 @@ export interface LogRow {
   readonly written_ms: number;
 }
 
+/** Whether two positions say the same (as saved: era, snapshots, id). */
+export function samePosition(a: Position, b: Position): boolean {
+  return a.era === b.era && a.base.text === b.base.text && a.upto?.text === b.upto?.text && a.afterId === b.afterId;
+}
+
 /** Whether the change (era, txid, id) is covered by `position`. */
 export function isDelivered(position: Position, era: number, txid: bigint, id: bigint): boolean {
   if (era !== position.era) return era < position.era;
