@@ -101,18 +101,11 @@ export class TableFeed {
   }
 
   add(member: FeedMember): void {
-    const consumer = member.durableConsumer;
-    if (consumer !== undefined) {
-      let members = this.consumerMembers.get(consumer);
-      if (!members) this.consumerMembers.set(consumer, (members = new Set()));
-      members.add(member);
-    }
+    if (member.durableConsumer !== undefined) addTo(this.consumerMembers, member.durableConsumer, member);
     if (member.rowKey === undefined) {
       this.everyRow.add(member);
     } else {
-      let members = this.byKey.get(member.rowKey);
-      if (!members) this.byKey.set(member.rowKey, (members = new Set()));
-      members.add(member);
+      addTo(this.byKey, member.rowKey, member);
       if (member.followsPositions) this.positionFollowers.add(member);
     }
     // The first member may have replayed up to a snapshot older than a wake-up that
@@ -121,18 +114,11 @@ export class TableFeed {
   }
 
   remove(member: FeedMember): void {
-    const consumer = member.durableConsumer;
-    if (consumer !== undefined) {
-      const members = this.consumerMembers.get(consumer);
-      members?.delete(member);
-      if (members?.size === 0) this.consumerMembers.delete(consumer);
-    }
+    if (member.durableConsumer !== undefined) removeFrom(this.consumerMembers, member.durableConsumer, member);
     if (member.rowKey === undefined) {
       this.everyRow.delete(member);
     } else {
-      const members = this.byKey.get(member.rowKey);
-      members?.delete(member);
-      if (members?.size === 0) this.byKey.delete(member.rowKey);
+      removeFrom(this.byKey, member.rowKey, member);
       this.positionFollowers.delete(member);
     }
     if (this.size === 0) this.stop();
@@ -291,17 +277,9 @@ export class Hub {
 
   /** Calls `wake` whenever one of these tables may have news. Returns the remover. */
   onWake(relids: readonly number[], wake: () => void): () => void {
-    for (const relid of relids) {
-      let listeners = this.wakeListeners.get(relid);
-      if (!listeners) this.wakeListeners.set(relid, (listeners = new Set()));
-      listeners.add(wake);
-    }
+    for (const relid of relids) addTo(this.wakeListeners, relid, wake);
     return () => {
-      for (const relid of relids) {
-        const listeners = this.wakeListeners.get(relid);
-        listeners?.delete(wake);
-        if (listeners?.size === 0) this.wakeListeners.delete(relid);
-      }
+      for (const relid of relids) removeFrom(this.wakeListeners, relid, wake);
     };
   }
 
@@ -334,4 +312,18 @@ export class Hub {
       this.polling = false;
     }
   }
+}
+
+/** Adds `value` to the set under `key`, creating it. */
+function addTo<K, V>(sets: Map<K, Set<V>>, key: K, value: V): void {
+  let set = sets.get(key);
+  if (!set) sets.set(key, (set = new Set()));
+  set.add(value);
+}
+
+/** Removes `value` from the set under `key`, and the set once empty. */
+function removeFrom<K, V>(sets: Map<K, Set<V>>, key: K, value: V): void {
+  const set = sets.get(key);
+  set?.delete(value);
+  if (set?.size === 0) sets.delete(key);
 }

@@ -201,16 +201,24 @@ export class LogReader {
    * order, and the position after the batch. For streams of whole transactions, whose
    * changes may span tables. `from` must be between batches.
    */
-  async batch(relids: readonly number[], from: Position, pageSize: number, checkPending: boolean): Promise<Batch> {
+  async batch(
+    relids: readonly number[],
+    from: Position,
+    pageSize: number,
+    checkPending: boolean,
+    consumers?: readonly string[],
+  ): Promise<Batch> {
     const rows: Array<{ readonly relid: number; readonly row: LogRow }> = [];
     let upto: Snapshot | undefined;
     let next: Position = from;
     let pending = false;
+    const expired = new Set<string>();
     for (const relid of relids) {
       let position: Position = upto ? { era: from.era, base: from.base, upto } : from;
       for (;;) {
-        const page = await this.next(relid, position, pageSize, checkPending && relid === relids[0]);
+        const page = await this.decodePage(await this.fetch(relid, position, pageSize, checkPending && relid === relids[0], consumers));
         pending ||= page.pending;
+        for (const consumer of page.expired) expired.add(consumer);
         for (const row of page.rows) rows.push({ relid, row });
         // The first table's first page fixes the snapshot the others are read at.
         upto ??= page.positions[0]?.upto ?? (page.next.era > from.era ? EVERYTHING_VISIBLE : page.next.base);
@@ -222,7 +230,7 @@ export class LogReader {
       }
     }
     rows.sort((a, b) => compareIds(a.row.id, b.row.id));
-    return { rows, next, pending };
+    return { rows, next, pending, expired: [...expired] };
   }
 
   private async decode(rows: readonly RawRow[]): Promise<LogRow[]> {
@@ -293,6 +301,8 @@ export interface Batch {
   readonly next: Position;
   /** Whether writers that skipped NOTIFY were still committing (see `LogPage.pending`). */
   readonly pending: boolean;
+  /** Of the consumers it was read for, those expired at one of its snapshots (see `LogPage.expired`). */
+  readonly expired: readonly string[];
 }
 
 function compareIds(a: string, b: string): number {

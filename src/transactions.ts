@@ -3,6 +3,7 @@ import { sleep } from './backoff.js';
 import type { TableInfo } from './catalog.js';
 import { toChange, withRowSchema } from './change.js';
 import { StreamBase, trackedStream, type StreamContext } from './changes.js';
+import { expiredError } from './consumers.js';
 import { recordDelivery } from './delivery.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import { PendingBackoff } from './hub.js';
@@ -69,7 +70,7 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
         this.woken = false;
         let batch: Batch;
         try {
-          batch = await this.context.reader.batch(relids, position, this.context.pageSize, true);
+          batch = await this.context.reader.batch(relids, position, this.context.pageSize, true, consumer === undefined ? undefined : [consumer]);
           failingSince = undefined;
         } catch (error) {
           if (this.ended || this.context.closed()) return;
@@ -80,6 +81,8 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
           continue;
         }
         if (this.ended) return;
+        // Prune expired this consumer and may have deleted rows of this batch.
+        if (batch.expired.length > 0) throw expiredError(consumer!, new Date());
         this.emitBatch(batch, infos, position);
         position = batch.next;
         if (batch.rows.length > 0) continue;

@@ -370,6 +370,29 @@ describe('a consumer expired by a prune whose NOTIFY its Tide missed', () => {
       expect(errorCode(run.error)).toBe('CONSUMER_EXPIRED');
     });
   });
+
+  it('a transactions$ consumer: the batch read that finds it expired ends the stream, with nothing after the gap', async () => {
+    await withDatabase(async (db) => {
+      await db.pool.query(`CREATE TABLE unheard_tx (id int PRIMARY KEY)`);
+      const reader = await tideOf(db, { acknowledgeFlushDelay: 60_000 });
+      await reader.watch('unheard_tx');
+      const delivered: string[] = [];
+      let failure: unknown;
+      const subscription = reader.transactions$(['unheard_tx'], { consumer: 'unheard_tx', from: 'beginning' }).subscribe({
+        next: (transaction) => delivered.push(...transaction.changes.map((change) => String(change.key['id']))),
+        error: (error: unknown) => (failure = error),
+      });
+      await db.pool.query(`INSERT INTO unheard_tx VALUES (1)`);
+      await eventually(() => delivered.length === 1, 'the first transaction');
+      expect(await pruneUnheard(db, 'unheard_tx', 'unheard_tx')).toBe(1);
+      await db.pool.query(`INSERT INTO unheard_tx VALUES (2)`);
+      await eventually(() => failure !== undefined || delivered.length > 1, 'the stream errored or delivered more', 3_000);
+      await sleep(100);
+      subscription.unsubscribe();
+      expect(delivered).toEqual(['1']);
+      expect(errorCode(failure)).toBe('CONSUMER_EXPIRED');
+    });
+  });
 });
 
 interface SlowRun {
