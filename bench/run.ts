@@ -15,6 +15,7 @@ import { settingsFor, type BenchServer, type Settings } from './lib/settings.js'
 import { nowMs } from './lib/stats.js';
 import { durableRow } from './scenarios/durable.js';
 import { fanoutRow } from './scenarios/fanout.js';
+import { groupsRow } from './scenarios/groups.js';
 import { idleQueriesRow } from './scenarios/idle.js';
 import { latencyRow } from './scenarios/latency.js';
 import { latency4wRow, latencyBlockedRow } from './scenarios/latency-writers.js';
@@ -42,6 +43,7 @@ const rows: Array<[string, RowRunner]> = [
   ['replay', replayRow],
   ['fanout', fanoutRow],
   ['durable', durableRow],
+  ['groups', groupsRow],
   ['idle-queries', idleQueriesRow],
 ];
 

@@ -1,5 +1,5 @@
 import { defer, from, Observable, retry, Subscription, timer, type ObservableInput, type OperatorFunction } from 'rxjs';
-import { markProcessed } from '../src/delivery.js';
+import { canKeepAsDeadLetter, keepAsDeadLetter, markProcessed } from '../src/delivery.js';
 import { PgTideError } from '../src/errors.js';
 import type { Change } from '../src/types.js';
 import { rowKey } from './rowKey.js';
@@ -12,6 +12,15 @@ export interface ProcessChangesOptions {
   readonly attempts?: number;
   /** Milliseconds to wait before retry number `attempt` (1, 2, ...). Default `100 * 2 ** (attempt - 1)`. */
   readonly backoff?: (attempt: number) => number;
+  /**
+   * What happens to a change whose last attempt failed. `'dead-letter'` (the default)
+   * keeps it in its consumer's dead letters (see `tide.deadLetters()`), acknowledges it,
+   * and goes on, its row's later changes too; a change that came from no durable
+   * consumer has nowhere to be kept, so the stream errors as with `'stop'`. `'stop'`
+   * errors the stream with `PROCESSING_FAILED` without acknowledging the change: a
+   * durable consumer gets it again when it resumes.
+   */
+  readonly onExhausted?: 'dead-letter' | 'stop';
 }
 
 type Processable = Change<unknown> | readonly Change<unknown>[];
@@ -22,10 +31,13 @@ type Processable = Change<unknown> | readonly Change<unknown>[];
  * change of its row is pending or running, so each row's changes are handled in
  * delivery order. When the handler resolves, the change is acknowledged (see
  * `acknowledge()`) and emitted. A handler that throws or rejects is called again after
- * `backoff(attempt)` ms, up to `attempts` calls; then the stream errors with
- * `PROCESSING_FAILED` (carrying the change and the last error), and the change is not
- * acknowledged: a durable consumer gets it again when it resumes. Every change that
- * enters is acknowledged or the stream errors, so it cannot stall a consumer.
+ * `backoff(attempt)` ms, up to `attempts` calls; then the change goes to its consumer's
+ * dead letters, acknowledged and not emitted (with `onExhausted: 'stop'`, or for a
+ * stream without a consumer, the stream errors with `PROCESSING_FAILED` carrying the
+ * change and the last error, and the change is not acknowledged). Every change that
+ * enters is acknowledged, dead-lettered, or the stream errors, so it cannot stall a
+ * consumer. A batch (after `batchChanges`) is one handler call, acknowledged or
+ * dead-lettered as a whole.
  *
  * ```
  * source (rows a, a, b):   -a1-a2-b1-|
@@ -51,6 +63,10 @@ export function processChanges<T extends Change<unknown> | readonly Change<unkno
   const concurrency = options.concurrency ?? 1;
   const attempts = options.attempts ?? 3;
   const backoff = options.backoff ?? ((attempt: number) => 100 * 2 ** (attempt - 1));
+  const onExhausted = options.onExhausted ?? 'dead-letter';
+  if (onExhausted !== 'dead-letter' && onExhausted !== 'stop') {
+    throw new PgTideError('INVALID_OPTIONS', "processChanges: onExhausted must be 'dead-letter' or 'stop'", { option: 'onExhausted' });
+  }
   for (const [name, value] of [['concurrency', concurrency], ['attempts', attempts]] as const) {
     if (!Number.isInteger(value) || value < 1) {
       throw new PgTideError('INVALID_OPTIONS', `processChanges: ${name} must be an integer of at least 1`, { option: name, value });
@@ -76,26 +92,40 @@ export function processChanges<T extends Change<unknown> | readonly Change<unkno
         }).pipe(retry({ count: attempts - 1, delay: (_error, attempt) => timer(backoff(attempt)) }));
         // The handle exists before subscribing: a handler may complete synchronously.
         const handle = new Subscription();
+        /** The entry is done (processed, or kept as a dead letter): its rows may go on. */
+        const finish = (emitted?: T): void => {
+          if (!running.delete(handle)) return;
+          for (const row of entry.rows) busyRows.delete(row);
+          if (emitted !== undefined) subscriber.next(emitted);
+          pump();
+          finishIfDone();
+        };
         running.add(handle);
         handle.add(
           work.subscribe({
             error: (error: unknown) => {
-              subscriber.error(
-                new PgTideError(
-                  'PROCESSING_FAILED',
-                  `processChanges: the handler failed ${attempts} time(s) for ${describe(entry.value)}: ${String(error)}`,
-                  { attempts, change: entry.value },
-                  { cause: error },
-                ),
+              const failed = (reason: string, cause: unknown): void =>
+                subscriber.error(
+                  new PgTideError(
+                    'PROCESSING_FAILED',
+                    `processChanges: the handler failed ${attempts} time(s) for ${describe(entry.value)}: ${String(error)}${reason}`,
+                    { attempts, change: entry.value },
+                    { cause },
+                  ),
+                );
+              if (onExhausted === 'stop') return failed('', error);
+              const changes = changesOf(entry.value);
+              if (!changes.every(canKeepAsDeadLetter)) {
+                return failed(' (it came from no durable consumer, so no dead letter can keep it)', error);
+              }
+              void keepAll(changes, error, attempts).then(
+                () => finish(),
+                (failure: unknown) => failed(`; keeping it as a dead letter failed too: ${String(failure)}`, failure),
               );
             },
             complete: () => {
-              running.delete(handle);
-              for (const row of entry.rows) busyRows.delete(row);
               for (const change of changesOf(entry.value)) markProcessed(change);
-              subscriber.next(entry.value);
-              pump();
-              finishIfDone();
+              finish(entry.value);
             },
           }),
         );
@@ -148,6 +178,11 @@ export function processChanges<T extends Change<unknown> | readonly Change<unkno
         for (const subscription of running) subscription.unsubscribe();
       };
     });
+}
+
+/** Keeps every change of a value as a dead letter, one after the other. */
+async function keepAll(changes: readonly Change<unknown>[], error: unknown, attempts: number): Promise<void> {
+  for (const change of changes) await keepAsDeadLetter(change, error, attempts);
 }
 
 function changesOf(value: Processable): readonly Change<unknown>[] {

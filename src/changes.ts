@@ -1,7 +1,8 @@
 import { Observable, type Subscriber } from 'rxjs';
 import { assertColumns, type TableInfo } from './catalog.js';
 import { isSchemaChange, rowKeyString, selectColumns, toItem, withRowSchema, type LogItem } from './change.js';
-import { Ledger, recordDelivery, recordUnacknowledged, type Stall } from './delivery.js';
+import { carryDelivery, Ledger, recordDelivery, recordUnacknowledged, type Stall } from './delivery.js';
+import type { RetryDelivery, SessionQuery } from './deadLetters.js';
 import type { ConsumerLease } from './lease.js';
 import { expiredError } from './consumers.js';
 import { PgTideError, RowValidationError } from './errors.js';
@@ -29,6 +30,12 @@ export interface StreamContext {
   consumerPosition(name: string, tables: readonly TableInfo[], start: (db: Queryable) => Promise<Position>): Promise<Position>;
   /** A new (not yet acquired) lease on consumer `name`. */
   lease(name: string): ConsumerLease;
+  /** Keeps a change as a dead letter of `consumer` (see `processChanges`). */
+  keepDeadLetter(consumer: string, relid: number, changeId: string, error: string, attempts: number): Promise<void>;
+  /** Delivers the consumer's retried dead letters of `table` through `emit`, claimed on `session`. */
+  retryDelivery(consumer: string, table: TableInfo, session: SessionQuery, emit: (change: Change) => boolean): RetryDelivery;
+  /** Calls `handler` on each `<kind>:<name>` signal the listener hears; returns the unsubscribe function. */
+  onSignal(kind: 'retry' | 'group', name: string, handler: () => void): () => void;
   /** Reports a stalled consumer on `warnings$` and to the logger. */
   reportStall(consumer: string, stall: Stall): void;
   /** Milliseconds a consumer's processed position may wait before it is written. */
@@ -143,6 +150,8 @@ export abstract class StreamBase<T> implements RunningStream {
     tables: readonly TableInfo[],
     start: (db: Queryable) => Promise<Position>,
     maxInFlight?: number,
+    /** Keeps changes the handler gave up on as dead letters of the consumer (changes$ only). */
+    deadLetterTable?: TableInfo,
   ): Promise<OpenedConsumer | undefined> {
     let failingSince: number | undefined;
     for (let attempt = 1; ; attempt += 1) {
@@ -175,6 +184,10 @@ export abstract class StreamBase<T> implements RunningStream {
           stallTimeout: context.stallTimeout,
           onStall: (stall) => context.reportStall(consumer, stall),
           onFatal: (error) => this.fail(error),
+          ...(deadLetterTable
+            ? { deadLetter: (changeId: string, error: string, attempts: number) =>
+                  context.keepDeadLetter(consumer, deadLetterTable.relid, changeId, error, attempts) }
+            : {}),
         });
         return { position, resumed: false };
       } catch (error) {
@@ -244,6 +257,8 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
   private generation = 0;
   private select: ((change: Change) => Change | undefined) | undefined;
   private readonly maxInFlight: number;
+  private retries: RetryDelivery | undefined;
+  private stopRetrySignals: (() => void) | undefined;
 
   constructor(
     private readonly context: StreamContext,
@@ -295,6 +310,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
         const opened = await this.becomeReader(consumer, info);
         if (opened === undefined) return;
         this.cursor = opened.position;
+        this.startRetries(info);
       }
       await this.follow(info);
     } catch (error) {
@@ -306,6 +322,8 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
 
   protected stopReading(): void {
     this.detach();
+    this.retries?.stop();
+    this.stopRetrySignals?.();
   }
 
   receive(item: LogItem, position: Position): void {
@@ -361,12 +379,41 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       // Resumed: on from what was delivered. Otherwise another reader moved the
       // position: start over from it (what was in flight here is delivered again).
       if (!opened.resumed) this.cursor = opened.position;
+      this.startRetries(info);
       await this.follow(info);
     })().catch((failure: unknown) => this.fail(failure));
   }
 
   private becomeReader(consumer: string, info: TableInfo): Promise<OpenedConsumer | undefined> {
-    return this.openConsumer(this.context, consumer, [info], (db) => this.startPosition(info, db), this.maxInFlight);
+    return this.openConsumer(this.context, consumer, [info], (db) => this.startPosition(info, db), this.maxInFlight, info);
+  }
+
+  /** As the consumer's reader: delivers its dead letters when a retry is asked for. */
+  private startRetries(info: TableInfo): void {
+    this.retries?.stop();
+    const lease = this.lease!;
+    this.retries = this.context.retryDelivery(this.consumer!, info, (text, values) => lease.query(text, values), (change) =>
+      this.emitRetried(change),
+    );
+    this.stopRetrySignals ??= this.context.onSignal('retry', this.consumer!, () => this.retries?.poll());
+    this.retries.poll();
+  }
+
+  /** Emits a retried dead letter through this stream's filter and schema. */
+  private emitRetried(change: Change): boolean {
+    if (this.ended) return false;
+    const selected = this.select!(change);
+    if (!selected) return false;
+    let typed: Change<Row>;
+    try {
+      typed = withRowSchema(selected, this.options.schema);
+    } catch (error) {
+      this.fail(new RowValidationError(change.id, this.info!.qualified, error));
+      return false;
+    }
+    carryDelivery(change, typed);
+    this.subscriber.next({ kind: 'change', change: typed });
+    return true;
   }
 
   /** Where the stream starts without a saved position (a consumer's first run). */

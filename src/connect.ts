@@ -2,7 +2,7 @@ import pg from 'pg';
 import { filter, map, pipe, Subject, type Observable, type OperatorFunction } from 'rxjs';
 import { listBlockers } from './blockers.js';
 import { unwatchTable, watchTable } from './capture.js';
-import { canonicalKey } from './catalog.js';
+import { canonicalKey, describeTable } from './catalog.js';
 import { changeEvents, type StreamContext, type TrackedStream } from './changes.js';
 import {
   consumerPosition,
@@ -14,6 +14,7 @@ import {
   type PruneResult,
 } from './consumers.js';
 import type { Stall } from './delivery.js';
+import { dropDeadLetters, keepDeadLetter, listDeadLetters, requestRetry, RetryDelivery, type DeadLetter } from './deadLetters.js';
 import { PgTideError } from './errors.js';
 import { Hub } from './hub.js';
 import { ConsumerLease } from './lease.js';
@@ -22,6 +23,8 @@ import { LogReader } from './log.js';
 import { migrate } from './migrate.js';
 import {
   parseChangesOptions,
+  parseConsumerName,
+  parseIds,
   parseConnectOptions,
   parseStateOptions,
   parseTableArgument,
@@ -119,6 +122,8 @@ export class Tide {
   private readonly pollInterval: number;
   private readonly pruneTimer: NodeJS.Timeout | undefined;
   private readonly warnings = new Subject<TideWarning>();
+  /** Handlers of listener signals, by `<kind>:<name>`. */
+  private readonly signalHandlers = new Map<string, Set<() => void>>();
   private closed = false;
 
   /**
@@ -167,6 +172,9 @@ export class Tide {
       nudge: (relid) => this.hub.nudge(relid),
       nudgeAll: () => this.hub.nudgeAll(),
       expired: (consumer) => this.stopExpired(consumer, new Date()),
+      signal: (kind, name) => {
+        for (const handler of [...(this.signalHandlers.get(`${kind}:${name}`) ?? [])]) handler();
+      },
       status: (listening) => this.logger.info(`pgtide: LISTEN ${listening ? 'up' : 'down'}`),
     }, this.logger);
   }
@@ -395,6 +403,39 @@ export class Tide {
   }
 
   /**
+   * The changes `consumer`'s handlers gave up on (see `processChanges`), oldest first,
+   * each with the last error and the attempts made. For a consumer group, its name.
+   *
+   * @example
+   * ```ts
+   * for (const letter of await tide.deadLetters('billing')) console.log(letter.change.id, letter.error);
+   * ```
+   */
+  async deadLetters(consumer: string): Promise<DeadLetter[]> {
+    this.assertOpen();
+    return listDeadLetters(this.pool, this.names, this.reader, parseConsumerName(consumer), (qualified) =>
+      describeTable(this.pool, qualified),
+    );
+  }
+
+  /**
+   * Delivers dead letters of `consumer` again (all, or those with these ids) through its
+   * running stream (or, for a group, one of its members), outside their rows' order; a
+   * stream that starts later picks them up too. Each is removed once processed, or kept
+   * again with its new error. Resolves with how many were asked for.
+   */
+  async retryDeadLetters(consumer: string, ids?: readonly string[]): Promise<number> {
+    this.assertOpen();
+    return requestRetry(this.pool, this.names, parseConsumerName(consumer), ids && parseIds(ids));
+  }
+
+  /** Removes dead letters of `consumer` (all, or those with these ids); resolves with how many. */
+  async dropDeadLetters(consumer: string, ids?: readonly string[]): Promise<number> {
+    this.assertOpen();
+    return dropDeadLetters(this.pool, this.names, parseConsumerName(consumer), ids && parseIds(ids));
+  }
+
+  /**
    * Removes a durable consumer: it no longer holds back pruning, and its name can be
    * used afresh. Returns whether it existed.
    */
@@ -450,6 +491,20 @@ export class Tide {
       lease: (name) =>
         new ConsumerLease({ config: this.pool.options, schema: this.names, leaseTimeout: this.leaseTimeout, logger: this.logger }, name),
       reportStall: (consumer, stall) => this.reportStall(consumer, stall),
+      keepDeadLetter: (consumer, relid, changeId, error, attempts) =>
+        keepDeadLetter(this.pool, this.names, consumer, relid, changeId, error, attempts),
+      retryDelivery: (consumer, table, session, emit) =>
+        new RetryDelivery({ pool: this.pool, schema: this.names, reader: this.reader, logger: this.logger, consumer, table, session, emit }),
+      onSignal: (kind, name, handler) => {
+        const key = `${kind}:${name}`;
+        let handlers = this.signalHandlers.get(key);
+        if (!handlers) this.signalHandlers.set(key, (handlers = new Set()));
+        handlers.add(handler);
+        return () => {
+          handlers.delete(handler);
+          if (handlers.size === 0) this.signalHandlers.delete(key);
+        };
+      },
       stallTimeout: this.stallTimeout,
       track: (stream) => {
         this.streams.add(stream);

@@ -103,6 +103,10 @@ export function positionValues(position: Position): [number, string, string | nu
 const undelivered = (schema: SchemaNames) =>
   `NOT ${schema.ident}.delivered(c.era, c.base, c.upto, coalesce(c.after_id, 0), ${schema.ident}.era_of(l.id), l.txid, l.id)`;
 
+/** SQL: log row `l` is no dead letter's change (those stay until dropped or retried). */
+const notDeadLetter = (schema: SchemaNames) =>
+  `NOT EXISTS (SELECT FROM ${schema.ident}.dead_letters d WHERE d.relid = l.relid AND d.change_id = l.id)`;
+
 export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<ConsumerInfo[]> {
   const { rows } = await pool.query<{
     name: string;
@@ -172,12 +176,14 @@ export async function prune(
       `DELETE FROM ${schema.ident}.log l
         WHERE l.relid IN (SELECT unnest(relids) FROM ${schema.ident}.consumers WHERE expired_at IS NULL)
           AND NOT EXISTS (SELECT FROM ${schema.ident}.consumers c
-                           WHERE l.relid = ANY (c.relids) AND c.expired_at IS NULL AND ${undelivered(schema)})`,
+                           WHERE l.relid = ANY (c.relids) AND c.expired_at IS NULL AND ${undelivered(schema)})
+          AND ${notDeadLetter(schema)}`,
     );
     const byAge = await client.query(
       `DELETE FROM ${schema.ident}.log l
         WHERE l.written_at < now() - make_interval(secs => $1)
-          AND NOT EXISTS (SELECT FROM ${schema.ident}.consumers c WHERE l.relid = ANY (c.relids) AND c.expired_at IS NULL)`,
+          AND NOT EXISTS (SELECT FROM ${schema.ident}.consumers c WHERE l.relid = ANY (c.relids) AND c.expired_at IS NULL)
+          AND ${notDeadLetter(schema)}`,
       [options.retentionSeconds],
     );
     return {

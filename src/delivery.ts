@@ -20,9 +20,16 @@ export interface DeliveryToken {
 }
 
 /** What a token acknowledges into; minimal, because other copies of pgtide call it. */
-interface AcknowledgementTarget {
+export interface AcknowledgementTarget {
   complete(number: number): void;
   ambiguous(id: string, streams: number): void;
+  /**
+   * Keeps the delivery as a dead letter (the handler gave up on it), then completes it.
+   * Absent where nothing durable can keep it.
+   */
+  deadLetter?(number: number, error: string, attempts: number): Promise<void>;
+  /** False where `deadLetter` exists but this target has nowhere to keep one. */
+  readonly keepsDeadLetters?: boolean;
 }
 
 /**
@@ -77,6 +84,8 @@ export interface LedgerOptions {
   readonly onStall?: (stall: Stall) => void;
   /** A save failed for good (the consumer expired, its lease was lost): the stream must end. */
   readonly onFatal?: (error: PgTideError) => void;
+  /** Keeps a change the handler gave up on as a dead letter (durably, before it completes). */
+  readonly deadLetter?: (changeId: string, error: string, attempts: number) => Promise<void>;
 }
 
 /** Codes of save failures that retrying cannot fix. */
@@ -181,6 +190,19 @@ export class Ledger implements AcknowledgementTarget {
       this.head = 0;
     }
     if (moved) this.advanceTo(moved);
+  }
+
+  get keepsDeadLetters(): boolean {
+    return this.options.deadLetter !== undefined;
+  }
+
+  /** Keeps one delivered change as a dead letter, then marks it processed. */
+  async deadLetter(number: number, error: string, attempts: number): Promise<void> {
+    const slot = this.slots[number - this.base];
+    if (!slot?.token || slot.done) return;
+    if (!this.options.deadLetter) throw new PgTideError('INVALID_OPTIONS', 'this stream keeps no dead letters', {});
+    await this.options.deadLetter(slot.token.id, error, attempts);
+    this.complete(number);
   }
 
   /** A change rebuilt from its id alone matched deliveries of several streams: none is acknowledged. */
@@ -352,6 +374,25 @@ function tokensOf(value: Acknowledgeable): readonly DeliveryToken[] {
  */
 export function markProcessed(change: Change<unknown> | Transaction<unknown>): void {
   for (const token of tokensOf(change)) token.target.complete(token.number);
+}
+
+/** @internal Whether every delivery `change` stands for has a consumer that keeps dead letters. */
+export function canKeepAsDeadLetter(change: Change<unknown>): boolean {
+  const tokens = tokensOf(change);
+  return tokens.length > 0 && tokens.every(({ target }) => typeof target.deadLetter === 'function' && target.keepsDeadLetters !== false);
+}
+
+/**
+ * @internal Keeps every delivery `change` stands for as a dead letter of its consumer
+ * (see `processChanges`), each marked processed once it is kept. Resolves false, keeping
+ * nothing, when some delivery has nowhere durable to go (a stream without a consumer).
+ */
+export async function keepAsDeadLetter(change: Change<unknown>, error: unknown, attempts: number): Promise<boolean> {
+  if (!canKeepAsDeadLetter(change)) return false;
+  const tokens = tokensOf(change);
+  const message = error instanceof Error ? error.message : String(error);
+  for (const token of tokens) await token.target.deadLetter!(token.number, message, attempts);
+  return true;
 }
 
 /**

@@ -16,12 +16,14 @@ export type {
   TideWarning,
   ConsumerExpiredWarning,
   ConsumerStalledWarning,
+  GroupShare,
   Transaction,
   TransactionsOptions,
   WaitForOptions,
   WatchOptions,
 } from './types.js';
 export type { ConsumerInfo, PruneResult } from './consumers.js';
+export type { DeadLetter } from './deadLetters.js';
 export type { LogStats, WatchedTable } from './status.js';
 export { carryDelivery, markProcessed } from './delivery.js';
 export { acknowledge } from '../operators/acknowledge.js';

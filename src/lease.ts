@@ -103,6 +103,11 @@ export class ConsumerLease {
     if (rows[0]!.updated === '0') throw this.refusal(rows[0]!);
   }
 
+  /** Runs a query on the lease's session (work that must lapse with it). */
+  async query<R extends object>(text: string, values: readonly unknown[]): Promise<R[]> {
+    return (await this.client.query<R>(text, values as unknown[])).rows;
+  }
+
   /** Lets go of the lease (a standby takes over) and closes its connection. */
   async release(): Promise<void> {
     if (this.released) return;

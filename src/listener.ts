@@ -16,6 +16,8 @@ export interface ListenerHandlers {
   nudgeAll(): void;
   /** Prune expired this consumer (payload `expired:<name>`): its streams must stop. */
   expired(consumer: string): void;
+  /** A consumer's dead letters are to be retried (`retry:<name>`), or a group's members changed (`group:<name>`). */
+  signal(kind: 'retry' | 'group', name: string): void;
   /** LISTEN became unavailable (false) or available again (true). */
   status(listening: boolean): void;
 }
@@ -60,6 +62,11 @@ export class Listener {
       const text = String(payload);
       if (text.startsWith('expired:')) {
         this.handlers.expired(text.slice('expired:'.length));
+        return;
+      }
+      const signal = /^(retry|group):/.exec(text);
+      if (signal) {
+        this.handlers.signal(signal[1] as 'retry' | 'group', text.slice(signal[0].length));
         return;
       }
       const relid = Number(text);

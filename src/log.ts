@@ -233,6 +233,11 @@ export class LogReader {
     return { rows, next, pending, expired: [...expired] };
   }
 
+  /** Log rows read by other queries, decoded as pages are. */
+  decodeRows(rows: readonly RawRow[]): Promise<LogRow[]> {
+    return this.decode(rows);
+  }
+
   private async decode(rows: readonly RawRow[]): Promise<LogRow[]> {
     const shapes = new Set<number>();
     for (const row of rows) if (row.shape !== null) shapes.add(row.shape);

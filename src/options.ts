@@ -129,7 +129,16 @@ const changesSchema = z
     from: startFromSchema.optional(),
     consumer: storable.max(200).optional(),
     maxInFlight: z.number().int().min(1).optional(),
+    group: z.union([z.boolean(), z.strictObject({ partitions: z.number().int().min(1).max(1024).optional() })]).optional(),
     schema: rowSchemaOption,
+  })
+  .refine((options) => !options.group || options.consumer !== undefined, {
+    message: 'group needs consumer (the group is named by it)',
+    path: ['group'],
+  })
+  .refine((options) => !options.group || options.rowId === undefined, {
+    message: 'group cannot be combined with rowId (one row belongs to one member anyway)',
+    path: ['group'],
   })
   .refine((options) => options.field === undefined || options.rowId !== undefined, {
     message: 'field needs rowId',
@@ -212,6 +221,19 @@ export function parseStateOptions<Row>(value: unknown): StateOptions<Row> {
 
 export function parseWatchOptions(value: unknown): WatchOptions {
   return parseOptions(watchSchema, value, 'watch');
+}
+
+const consumerNameSchema = storable.max(200);
+const idsSchema = z.array(z.string().regex(/^[1-9][0-9]{0,18}$/, 'must be an id as pgtide returns it'));
+
+/** A consumer (or group) name given to a method. */
+export function parseConsumerName(name: unknown): string {
+  return parseOptions(z.strictObject({ consumer: consumerNameSchema }), { consumer: name }, 'consumer').consumer;
+}
+
+/** Ids of dead letters (strings, as `deadLetters()` gives them). */
+export function parseIds(ids: unknown): string[] {
+  return parseOptions(z.strictObject({ ids: idsSchema }), { ids }, 'ids').ids;
 }
 
 export function parseTableArgument(table: unknown): string {

@@ -83,6 +83,22 @@ export interface ChangesOptions<Row = RowData> {
    * handler keeps memory bounded. Default 1000.
    */
   readonly maxInFlight?: number;
+  /**
+   * With `consumer`: this stream is one member of the consumer group of that name, and
+   * every stream (in any process) with the same name and `group` shares the work. The
+   * rows are split into `partitions` (default 16; fixed when the group is created):
+   * each partition, so each row's changes, goes to one member at a time, in commit
+   * order, and members acknowledge independently. Members that join or leave
+   * rebalance; a member that ends hands its partitions over at once, one that dies
+   * loses them within `leaseTimeout`. `events$` reports the member's share as
+   * `{ kind: 'group' }` events. See the README's "Scaling out".
+   */
+  readonly group?:
+    | boolean
+    | {
+        /** How many parts the rows are split into, 1 to 1024 (only counts when the group is created). Default 16. */
+        readonly partitions?: number;
+      };
   /** Validates and types `new`/`old`. A row that fails errors the stream with `INVALID_ROW`. */
   readonly schema?: ZodType<Row>;
 }
@@ -157,7 +173,27 @@ export type StreamEvent<Row = RowData> =
       /** The consumer's name. */
       readonly consumer: string;
     }
+  | GroupShare
   | SchemaChange;
+
+/**
+ * A consumer group member's share changed (see `ChangesOptions.group`): emitted by
+ * `events$` when the member starts, and whenever partitions move to or from it.
+ */
+export interface GroupShare {
+  /** Always `group`. */
+  readonly kind: 'group';
+  /** The group's name (the `consumer` option). */
+  readonly consumer: string;
+  /** This member's id (random per stream). */
+  readonly member: string;
+  /** The partitions this member holds now, ascending. */
+  readonly holds: readonly number[];
+  /** The group's partition count. */
+  readonly partitions: number;
+  /** Live members of the group, this one included, when the share was computed. */
+  readonly members: number;
+}
 
 /**
  * A watched table's columns changed (added, dropped, renamed or retyped), in order with

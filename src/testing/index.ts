@@ -7,4 +7,4 @@
 export { del, insert, resetChangeIds, TEST_COMMITTED_AT, truncate, update } from './builders.js';
 export type { ChangeOptions } from './builders.js';
 export { createTestTide } from './testTide.js';
-export type { Acknowledgement, TestTide } from './testTide.js';
+export type { Acknowledgement, TestDeadLetter, TestTide } from './testTide.js';

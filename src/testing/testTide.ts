@@ -103,6 +103,28 @@ export interface TestTide {
    * @returns `undefined` while its position has not moved.
    */
   processedId(consumer: string): string | undefined;
+
+  /**
+   * The dead letters `consumer`'s handlers left (see `processChanges`), oldest first:
+   * the change's id, the last error's message and the attempts made.
+   *
+   * @example
+   * ```ts
+   * expect(testTide.deadLetters('billing')).toEqual([{ id: a.id, error: 'card declined', attempts: 3 }]);
+   * ```
+   * @returns a copy; `[]` for a consumer without any.
+   */
+  deadLetters(consumer: string): TestDeadLetter[];
+}
+
+/** A dead letter as {@link TestTide.deadLetters} records it. */
+export interface TestDeadLetter {
+  /** The change's id. */
+  readonly id: string;
+  /** The last error's message. */
+  readonly error: string;
+  /** Handler calls made. */
+  readonly attempts: number;
 }
 
 /**
@@ -149,6 +171,7 @@ interface ConsumerState {
   /** Change id of each delivered position (`pos` = delivery sequence). */
   readonly ids: Map<bigint, string>;
   readonly moves: Acknowledgement[];
+  readonly deadLetters: TestDeadLetter[];
 }
 
 const noop = (): void => undefined;
@@ -179,6 +202,10 @@ class FakeTide implements TestTide {
     }) as Observable<Change<Row>>;
   }
 
+  deadLetters(consumer: string): TestDeadLetter[] {
+    return [...(this.consumers.get(consumer)?.deadLetters ?? [])];
+  }
+
   acknowledged(consumer: string): Acknowledgement[] {
     return [...(this.consumers.get(consumer)?.moves ?? [])];
   }
@@ -195,7 +222,7 @@ class FakeTide implements TestTide {
   ): Observable<Change<unknown>> {
     let state = this.consumers.get(consumer);
     if (!state) {
-      state = { position: sequencePosition(0n), sequence: 0n, ids: new Map(), moves: [] };
+      state = { position: sequencePosition(0n), sequence: 0n, ids: new Map(), moves: [], deadLetters: [] };
       this.consumers.set(consumer, state);
     }
     const consumerState = state;
@@ -208,6 +235,10 @@ class FakeTide implements TestTide {
         onProcessed: (position) => {
           consumerState.position = position;
           consumerState.moves.push({ id: consumerState.ids.get(position.afterId!)!, frame: this.now() });
+        },
+        deadLetter: (id, error, attempts) => {
+          consumerState.deadLetters.push({ id, error, attempts });
+          return Promise.resolve();
         },
       });
       const upstream = source.subscribe({

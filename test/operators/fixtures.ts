@@ -112,10 +112,18 @@ export interface Move {
 }
 
 /** A real delivery {@link Ledger} of one durable consumer stream, recording every move. */
+export interface DeadLetterRecord {
+  readonly id: string;
+  readonly error: string;
+  readonly attempts: number;
+}
+
 export interface Consumer {
   readonly ledger: Ledger;
   /** Each move of the processed position, in order, with `scheduler.now()` at the time. */
   readonly moves: Move[];
+  /** Dead letters kept (only with `keepsDeadLetters`). */
+  readonly deadLetters: DeadLetterRecord[];
   /**
    * Records each change that passes as delivered by the consumer stream, in the order
    * they pass, as `changes$(table, { consumer })` does when it emits them.
@@ -129,8 +137,9 @@ const noop = (): void => undefined;
 const quiet = { debug: noop, info: noop, warn: noop, error: noop };
 
 /** A consumer starting before every change; its positions carry the change id as `afterId`. */
-export function consumer(scheduler: SchedulerLike): Consumer {
+export function consumer(scheduler: SchedulerLike, keepsDeadLetters = false): Consumer {
   const moves: Move[] = [];
+  const deadLetters: DeadLetterRecord[] = [];
   const at = (id: bigint): Position => ({ era: 1, base: NOTHING_VISIBLE, upto: NOTHING_VISIBLE, afterId: id });
   const ledger = new Ledger({
     start: at(0n),
@@ -138,10 +147,18 @@ export function consumer(scheduler: SchedulerLike): Consumer {
     flushDelay: 0,
     logger: quiet,
     onProcessed: (position) => moves.push({ id: position.afterId!.toString(), frame: scheduler.now() }),
+    ...(keepsDeadLetters
+      ? {
+          deadLetter: (id: string, error: string, attempts: number) => {
+            deadLetters.push({ id, error, attempts });
+            return Promise.resolve();
+          },
+        }
+      : {}),
   });
   const deliver = <C extends Change<unknown>>(change: C): C => {
     recordDelivery(change, ledger.deliver(at(BigInt(change.id)), change.id));
     return change;
   };
-  return { ledger, moves, deliver, delivered: <C extends Change<unknown>>() => tap<C>(deliver) };
+  return { ledger, moves, deadLetters, deliver, delivered: <C extends Change<unknown>>() => tap<C>(deliver) };
 }

@@ -1,6 +1,6 @@
 import { map, throwError, timer } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { batchChanges } from '../../operators/batchChanges.js';
 import { processChanges } from '../../operators/processChanges.js';
 import { PgTideError } from '../../src/errors.js';
@@ -119,7 +119,7 @@ describe('processChanges', () => {
     expect(calls).toEqual([0, 2, 6]);
   });
 
-  it('after `attempts` failures errors the stream with PROCESSING_FAILED and does not acknowledge the change', () => {
+  it('after `attempts` failures, for a change no dead letter can keep, errors the stream with PROCESSING_FAILED and does not acknowledge it', () => {
     const scheduler = newScheduler();
     const mailer = consumer(scheduler);
     const emitted: string[] = [];
@@ -148,6 +148,62 @@ describe('processChanges', () => {
     expect(mailer.ledger.inFlight).toBe(2);
   });
 
+  it("with onExhausted: 'stop' errors the stream without keeping a dead letter, even where one could be kept", () => {
+    const scheduler = newScheduler();
+    const mailer = consumer(scheduler, true);
+    let failure: unknown;
+    scheduler.run(({ cold, flush }) => {
+      const handler = () => throwError(() => new Error('card declined'));
+      cold('a|', { a: a1 })
+        .pipe(mailer.delivered(), processChanges(handler, { attempts: 1, onExhausted: 'stop' }))
+        .subscribe({ error: (error: unknown) => (failure = error) });
+      flush();
+    });
+    expect(failure).toMatchObject({ code: 'PROCESSING_FAILED' });
+    expect(mailer.deadLetters).toEqual([]);
+    expect(mailer.moves).toEqual([]);
+  });
+
+  it('after `attempts` failures keeps the change as a dead letter, acknowledges it, and lets its row go on', async () => {
+    const scheduler = newScheduler();
+    const mailer = consumer(scheduler, true);
+    const emitted: string[] = [];
+    const handled: string[] = [];
+    let done = false;
+    scheduler.run(({ cold, flush }) => {
+      const handler = (value: Change<unknown>) => {
+        handled.push(value.id);
+        return value.id === '1' ? throwError(() => new Error('card declined')) : timer(1);
+      };
+      cold('ab-c|', { a: a1, b: b1, c: a2 })
+        .pipe(mailer.delivered(), processChanges(handler, { attempts: 2, backoff: () => 1, concurrency: 2 }))
+        .subscribe({ next: (value) => emitted.push(value.id), complete: () => (done = true) });
+      flush();
+    });
+    // Keeping a dead letter is asynchronous (a database write): a2 follows once it is kept.
+    await vi.waitFor(() => expect(done).toBe(true));
+    expect(mailer.deadLetters).toEqual([{ id: '1', error: 'card declined', attempts: 2 }]);
+    expect(handled).toEqual(['1', '2', '1', '3']);
+    expect(emitted).toEqual(['2', '3']);
+    expect(mailer.ledger.inFlight).toBe(0);
+    expect(mailer.moves.at(-1)?.id).toBe('3');
+  });
+
+  it('keeps every change of a failed batch as a dead letter', async () => {
+    const scheduler = newScheduler();
+    const mailer = consumer(scheduler, true);
+    let done = false;
+    scheduler.run(({ cold, flush }) => {
+      cold('(ab|)', { a: a1, b: b1 })
+        .pipe(mailer.delivered(), batchChanges({ size: 2 }), processChanges(() => throwError(() => new Error('down')), { attempts: 1 }))
+        .subscribe({ complete: () => (done = true) });
+      flush();
+    });
+    await vi.waitFor(() => expect(done).toBe(true));
+    expect(mailer.deadLetters.map((letter) => letter.id)).toEqual(['1', '2']);
+    expect(mailer.ledger.inFlight).toBe(0);
+  });
+
   it('handles a batch in one call, its rows held together, and acknowledges the batch as a whole', () => {
     const scheduler = newScheduler();
     const mailer = consumer(scheduler);
@@ -171,5 +227,8 @@ describe('processChanges', () => {
   it('refuses a concurrency or attempts below 1', () => {
     expect(() => processChanges(() => undefined, { concurrency: 0 })).toThrow(expect.objectContaining({ code: 'INVALID_OPTIONS' }));
     expect(() => processChanges(() => undefined, { attempts: 0.5 })).toThrow(expect.objectContaining({ code: 'INVALID_OPTIONS' }));
+    expect(() => processChanges(() => undefined, { onExhausted: 'drop' as 'stop' })).toThrow(
+      expect.objectContaining({ code: 'INVALID_OPTIONS' }),
+    );
   });
 });
