@@ -3,7 +3,8 @@ import { assertColumns, type TableInfo } from './catalog.js';
 import { isSchemaChange, rowKeyString, selectColumns, toItem, withRowSchema, type LogItem } from './change.js';
 import { carryDelivery, Ledger, recordDelivery, recordUnacknowledged, type Stall } from './delivery.js';
 import type { RetryDelivery, SessionQuery } from './deadLetters.js';
-import type { ConsumerLease } from './lease.js';
+import type { Lease, LeaseSettings } from './lease.js';
+import type { Pool } from 'pg';
 import { expiredError } from './consumers.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import type { FeedMember, Hub } from './hub.js';
@@ -11,7 +12,7 @@ import { backoffDelay, sleep } from './backoff.js';
 import { lostConnection, readPages } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
 import { atOrAfter, isDelivered, NOTHING_VISIBLE, samePosition, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
-import type { Change, ChangesOptions, Logger, RowData, StreamEvent } from './types.js';
+import type { Change, ChangesOptions, Logger, RowData, StartFrom, StreamEvent } from './types.js';
 
 /** What a stream needs from its Tide. */
 export interface StreamContext {
@@ -26,10 +27,20 @@ export interface StreamContext {
   prepare(table: string, columns: readonly string[] | undefined, check: (info: TableInfo) => void): Promise<TableInfo>;
   /** A `rowId`'s key values as the pool returns them (see `canonicalKey`). */
   canonicalKey(table: TableInfo, values: Record<string, unknown>): Promise<Record<string, unknown>>;
-  /** The consumer's cursor, registering it at `start` (run on `db`, under the prune lock) on first use. */
-  consumerPosition(name: string, tables: readonly TableInfo[], start: (db: Queryable) => Promise<Position>): Promise<Position>;
+  /**
+   * The consumer's cursor, registering it at `start` (run on `db`, under the prune lock)
+   * on first use. `group`: the consumer is that group's partition (and must be one).
+   */
+  consumerPosition(
+    name: string,
+    tables: readonly TableInfo[],
+    start: (db: Queryable) => Promise<Position>,
+    group?: string,
+  ): Promise<Position>;
   /** A new (not yet acquired) lease on consumer `name`. */
-  lease(name: string): ConsumerLease;
+  lease(name: string): Lease;
+  /** What sessions of their own (consumer group members) are opened with. */
+  readonly sessions: LeaseSettings & { readonly pool: Pool };
   /** Keeps a change as a dead letter of `consumer` (see `processChanges`). */
   keepDeadLetter(consumer: string, relid: number, changeId: string, error: string, attempts: number): Promise<void>;
   /** Delivers the consumer's retried dead letters of `table` through `emit`, claimed on `session`. */
@@ -121,9 +132,12 @@ export abstract class StreamBase<T> implements RunningStream {
   /** Processed/unprocessed bookkeeping, for a durable consumer only. */
   protected ledger: Ledger | undefined;
   /** The consumer's lease while this stream is (or waits to be) its reader. */
-  protected lease: ConsumerLease | undefined;
+  protected lease: Lease | undefined;
   /** The lease positions are saved through: only one that is held (see `openConsumer`). */
-  private savingLease: ConsumerLease | undefined;
+  private savingLease: Lease | undefined;
+
+  /** The group whose partition this stream's consumer is: its dead letters are the group's. */
+  protected groupName: string | undefined;
 
   constructor(
     protected readonly subscriber: Subscriber<T>,
@@ -165,7 +179,7 @@ export abstract class StreamBase<T> implements RunningStream {
       });
       try {
         if (!(await lease.acquire(() => this.standby(consumer))) || this.ended) return undefined;
-        const position = await context.consumerPosition(consumer, tables, start);
+        const position = await context.consumerPosition(consumer, tables, start, this.groupName);
         if (this.ended) return undefined;
         // Back after a lost lease, and nobody moved the position meanwhile: what this
         // stream delivered and holds in flight is still its own to finish.
@@ -186,7 +200,7 @@ export abstract class StreamBase<T> implements RunningStream {
           onFatal: (error) => this.fail(error),
           ...(deadLetterTable
             ? { deadLetter: (changeId: string, error: string, attempts: number) =>
-                  context.keepDeadLetter(consumer, deadLetterTable.relid, changeId, error, attempts) }
+                  context.keepDeadLetter(this.groupName ?? consumer, deadLetterTable.relid, changeId, error, attempts) }
             : {}),
         });
         return { position, resumed: false };
@@ -243,7 +257,14 @@ export abstract class StreamBase<T> implements RunningStream {
 
 const defaultMaxInFlight = 1000;
 
-class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMember {
+/** One partition of a consumer group, read by the member that holds it (see group.ts). */
+export interface PartitionRole {
+  readonly group: string;
+  readonly index: number;
+  readonly count: number;
+}
+
+export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMember {
   rowKey?: string;
   private info: TableInfo | undefined;
   private cursor: Position = { era: 1, base: NOTHING_VISIBLE };
@@ -266,9 +287,25 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
     private readonly options: ChangesOptions<Row>,
     subscriber: Subscriber<StreamEvent<Row>>,
     private readonly resume: ResumePoint,
+    private readonly partition?: PartitionRole,
   ) {
     super(subscriber, options.consumer);
     this.maxInFlight = options.maxInFlight ?? defaultMaxInFlight;
+    this.groupName = partition?.group;
+  }
+
+  /**
+   * Stops delivering (this partition moves to another member), waits until what was
+   * delivered is processed, saves the position and lets go of the lease, then completes.
+   */
+  async drain(): Promise<void> {
+    if (this.ended) return;
+    this.generation += 1;
+    this.detach();
+    this.buffered = undefined;
+    await this.ledger?.roomFor(1);
+    await this.teardown(true);
+    this.subscriber.complete();
   }
 
   protected standby(consumer: string): void {
@@ -301,7 +338,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
         selector(described, this.options, undefined);
       });
       if (keyValues) this.rowKey = rowKeyString(info.keyColumns, await this.context.canonicalKey(info, keyValues));
-      this.select = selector(info, this.options, this.rowKey);
+      this.select = selector(info, this.options, this.rowKey, this.partition);
       this.info = info;
       const consumer = this.options.consumer;
       if (consumer === undefined) {
@@ -310,7 +347,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
         const opened = await this.becomeReader(consumer, info);
         if (opened === undefined) return;
         this.cursor = opened.position;
-        this.startRetries(info);
+        if (!this.partition) this.startRetries(info);
       }
       await this.follow(info);
     } catch (error) {
@@ -379,7 +416,7 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
       // Resumed: on from what was delivered. Otherwise another reader moved the
       // position: start over from it (what was in flight here is delivered again).
       if (!opened.resumed) this.cursor = opened.position;
-      this.startRetries(info);
+      if (!this.partition) this.startRetries(info);
       await this.follow(info);
     })().catch((failure: unknown) => this.fail(failure));
   }
@@ -417,22 +454,8 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
   }
 
   /** Where the stream starts without a saved position (a consumer's first run). */
-  private async startPosition(info: TableInfo, db?: Queryable): Promise<Position> {
-    if (this.resume.after) return this.resume.after;
-    const from = this.options.from ?? 'now';
-    if (from === 'beginning') return { era: 1, base: NOTHING_VISIBLE };
-    if (from === 'now') {
-      const feed = this.context.hub.existing(info.relid);
-      return feed && !feed.position.upto ? feed.position : await this.context.reader.now(db);
-    }
-    const found = await this.context.reader.positionAfterId(info.relid, from.after, db);
-    if (!found) {
-      throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${info.qualified} is not in the log`, {
-        table: info.qualified,
-        after: from.after,
-      });
-    }
-    return found;
+  private startPosition(info: TableInfo, db?: Queryable): Promise<Position> {
+    return startPosition(this.context, info, this.options.from, this.resume, db);
   }
 
   /** Room for the next page: all of it, or what the consumer's in-flight window allows. */
@@ -563,6 +586,51 @@ class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMemb
   }
 }
 
+/** Where a stream (or a consumer, on its first run) starts: `resume.after`, else `from`. */
+export async function startPosition(
+  context: StreamContext,
+  info: TableInfo,
+  from: StartFrom = 'now',
+  resume: ResumePoint = {},
+  db?: Queryable,
+): Promise<Position> {
+  if (resume.after) return resume.after;
+  if (from === 'beginning') return { era: 1, base: NOTHING_VISIBLE };
+  if (from === 'now') {
+    const feed = context.hub.existing(info.relid);
+    return feed && !feed.position.upto ? feed.position : await context.reader.now(db);
+  }
+  const found = await context.reader.positionAfterId(info.relid, from.after, db);
+  if (!found) {
+    throw new PgTideError('UNKNOWN_POSITION', `from.after: change ${from.after} of ${info.qualified} is not in the log`, {
+      table: info.qualified,
+      after: from.after,
+    });
+  }
+  return found;
+}
+
+/** Each change's partition, remembered: a feed hands the same object to every partition of a member. */
+const partitions = new WeakMap<Change, { readonly count: number; readonly index: number }>();
+
+/**
+ * The partition (of `count`) a change's row belongs to: FNV-1a of its key string, the
+ * same in every process (the key string does not depend on the JS types of the values).
+ */
+export function partitionOf(change: Change, keyColumns: readonly string[], count: number): number {
+  const known = partitions.get(change);
+  if (known?.count === count) return known.index;
+  const key = rowKeyString(keyColumns, change.key);
+  let hash = 0x811c9dc5;
+  for (let index = 0; index < key.length; index += 1) {
+    hash ^= key.charCodeAt(index);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  const index = (hash >>> 0) % count;
+  partitions.set(change, { count, index });
+  return index;
+}
+
 /** Values of the key columns named by a `rowId` option. */
 export function rowIdValues(info: TableInfo, rowId: unknown): Record<string, unknown> {
   if (info.keyColumns.length === 1) {
@@ -597,6 +665,7 @@ function selector<Row>(
   info: TableInfo,
   options: ChangesOptions<Row>,
   rowKey: string | undefined,
+  partition?: PartitionRole,
 ): (change: Change) => Change | undefined {
   // `columns` is checked against the table by the Tide's prepare(), for every stream kind.
   if (options.field !== undefined) assertColumns(info, [options.field], 'field');
@@ -606,6 +675,7 @@ function selector<Row>(
     // A TRUNCATE removes every row: each stream of the table hears of it.
     if (change.op === 'truncate') return change;
     if (rowKey !== undefined && rowKeyString(info.keyColumns, change.key) !== rowKey) return undefined;
+    if (partition && partitionOf(change, info.keyColumns, partition.count) !== partition.index) return undefined;
     return watched && keep ? selectColumns(change, watched, keep) : change;
   };
 }

@@ -4,6 +4,7 @@ import { listBlockers } from './blockers.js';
 import { unwatchTable, watchTable } from './capture.js';
 import { canonicalKey, describeTable } from './catalog.js';
 import { changeEvents, type StreamContext, type TrackedStream } from './changes.js';
+import { groupEvents } from './group.js';
 import {
   consumerPosition,
   dropConsumer,
@@ -17,7 +18,7 @@ import type { Stall } from './delivery.js';
 import { dropDeadLetters, keepDeadLetter, listDeadLetters, requestRetry, RetryDelivery, type DeadLetter } from './deadLetters.js';
 import { PgTideError } from './errors.js';
 import { Hub } from './hub.js';
-import { ConsumerLease } from './lease.js';
+import { ConsumerLease, type LeaseSettings } from './lease.js';
 import { Listener } from './listener.js';
 import { LogReader } from './log.js';
 import { migrate } from './migrate.js';
@@ -219,6 +220,7 @@ export class Tide {
     this.assertOpen();
     const name = parseTableArgument(table);
     const parsed = parseChangesOptions<Row>(options);
+    if (parsed.group) return groupEvents(this.streamContext(), name, parsed);
     return changeEvents(this.streamContext(), name, parsed);
   }
 
@@ -476,6 +478,10 @@ export class Tide {
     if (this.closed) throw new PgTideError('CLOSED', 'this Tide is closed');
   }
 
+  private leaseSettings(): LeaseSettings {
+    return { config: this.pool.options, schema: this.names, leaseTimeout: this.leaseTimeout, logger: this.logger };
+  }
+
   private streamContext(): StreamContext {
     return {
       reader: this.reader,
@@ -487,9 +493,9 @@ export class Tide {
       closed: () => this.closed,
       prepare: (table, columns, check) => this.tables.prepare(table, columns, check),
       canonicalKey: (table, values) => canonicalKey(this.pool, table, values),
-      consumerPosition: (name, tables, start) => consumerPosition(this.pool, this.names, name, tables, start),
-      lease: (name) =>
-        new ConsumerLease({ config: this.pool.options, schema: this.names, leaseTimeout: this.leaseTimeout, logger: this.logger }, name),
+      consumerPosition: (name, tables, start, group) => consumerPosition(this.pool, this.names, name, tables, start, group),
+      lease: (name) => new ConsumerLease(this.leaseSettings(), name),
+      sessions: { ...this.leaseSettings(), pool: this.pool },
       reportStall: (consumer, stall) => this.reportStall(consumer, stall),
       keepDeadLetter: (consumer, relid, changeId, error, attempts) =>
         keepDeadLetter(this.pool, this.names, consumer, relid, changeId, error, attempts),

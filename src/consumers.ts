@@ -23,6 +23,33 @@ export interface ConsumerInfo {
   readonly acknowledgedAt: Date;
   /** Set when the consumer fell more than `maxLag` changes behind and stopped holding the log. */
   readonly expiredAt: Date | null;
+  /**
+   * For a consumer group: its partitions and live members. The group's own figures are
+   * those of its furthest-behind partition (lag, acknowledged id) and latest save.
+   */
+  readonly group?: GroupInfo;
+}
+
+/** A consumer group as `tide.consumers()` reports it. */
+export interface GroupInfo {
+  readonly partitions: number;
+  /** Live members, in the order they joined. */
+  readonly members: readonly GroupMemberInfo[];
+  /** Partitions no live member holds right now (being handed over, or no member runs). */
+  readonly unheld: readonly number[];
+}
+
+/** One live member of a consumer group. */
+export interface GroupMemberInfo {
+  /** The member's id (`host:pid:random`), as its `events$` group events name it. */
+  readonly member: string;
+  readonly joinedAt: Date;
+  /** The partitions it holds. */
+  readonly holds: readonly number[];
+  /** Changes after the position of its furthest-behind partition (0 holding none). */
+  readonly lagChanges: number;
+  /** Seconds since the oldest change it has not acknowledged was written, or 0. */
+  readonly lagSeconds: number;
 }
 
 /** What `tide.prune()` did. */
@@ -65,6 +92,8 @@ export interface StoredConsumer {
   readonly relids: readonly number[];
   readonly position: Position;
   readonly expiredAt: Date | null;
+  /** The group it is a partition of, if any. */
+  readonly groupName: string | null;
 }
 
 export async function readConsumer(pool: Pool, schema: SchemaNames, name: string): Promise<StoredConsumer | undefined> {
@@ -75,8 +104,9 @@ export async function readConsumer(pool: Pool, schema: SchemaNames, name: string
     upto: string | null;
     after_id: string | null;
     expired_at: Date | null;
+    group_name: string | null;
   }>(
-    `SELECT relids::int8[]::text[] AS relids, era, base::text, upto::text, after_id::text, expired_at
+    `SELECT relids::int8[]::text[] AS relids, era, base::text, upto::text, after_id::text, expired_at, group_name
        FROM ${schema.ident}.consumers WHERE name = $1`,
     [name],
   );
@@ -87,7 +117,7 @@ export async function readConsumer(pool: Pool, schema: SchemaNames, name: string
     base: parseSnapshot(row.base),
     ...(row.upto === null ? {} : { upto: parseSnapshot(row.upto), afterId: BigInt(row.after_id!) }),
   };
-  return { relids: row.relids.map(Number), position, expiredAt: row.expired_at };
+  return { relids: row.relids.map(Number), position, expiredAt: row.expired_at, groupName: row.group_name };
 }
 
 export function positionValues(position: Position): [number, string, string | null, string | null] {
@@ -116,8 +146,10 @@ export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<Co
     lag_seconds: number;
     acknowledged_at: Date;
     expired_at: Date | null;
+    group_name: string | null;
+    part: number | null;
   }>(
-    `SELECT c.name, format('%I.%I', w.schema_name, w.table_name) AS table_name,
+    `SELECT c.name, c.group_name, c.part, format('%I.%I', w.schema_name, w.table_name) AS table_name,
             (SELECT max(l.id)::text FROM ${schema.ident}.log l WHERE l.relid = ANY (c.relids) AND NOT (${undelivered(schema)})) AS acknowledged_id,
             (SELECT count(*) FROM ${schema.ident}.log l WHERE l.relid = ANY (c.relids) AND ${undelivered(schema)})::int8::float8 AS lag_changes,
             coalesce(extract(epoch FROM now() - (
@@ -127,20 +159,83 @@ export async function listConsumers(pool: Pool, schema: SchemaNames): Promise<Co
        FROM ${schema.ident}.consumers c LEFT JOIN ${schema.ident}.watched w ON w.relid = c.relids[1]
       ORDER BY c.name`,
   );
-  return rows.map((row) => ({
-    name: row.name,
-    table: row.table_name,
-    acknowledgedId: row.acknowledged_id,
-    lagChanges: row.lag_changes,
-    lagSeconds: Math.max(0, row.lag_seconds),
-    acknowledgedAt: row.acknowledged_at,
-    expiredAt: row.expired_at,
-  }));
+  const plain: ConsumerInfo[] = [];
+  const partitions = new Map<string, Map<number, ConsumerInfo>>();
+  for (const row of rows) {
+    const info: ConsumerInfo = {
+      name: row.name,
+      table: row.table_name,
+      acknowledgedId: row.acknowledged_id,
+      lagChanges: row.lag_changes,
+      lagSeconds: Math.max(0, row.lag_seconds),
+      acknowledgedAt: row.acknowledged_at,
+      expiredAt: row.expired_at,
+    };
+    if (row.group_name === null) plain.push(info);
+    else {
+      let parts = partitions.get(row.group_name);
+      if (!parts) partitions.set(row.group_name, (parts = new Map()));
+      parts.set(row.part!, info);
+    }
+  }
+  if (partitions.size === 0) return plain;
+  const { rows: members } = await pool.query<{ group_name: string; member: string; joined_at: Date; holds: number[] }>(
+    `SELECT m.group_name, m.member, m.joined_at, m.holds FROM ${schema.ident}.group_members m
+      WHERE EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = m.pid AND a.backend_start = m.backend_start)
+      ORDER BY m.joined_at, m.member`,
+  );
+  for (const [name, parts] of partitions) {
+    const all = [...parts.values()];
+    const behind = (held: readonly ConsumerInfo[]) => held.reduce<ConsumerInfo | undefined>((worst, part) => (!worst || part.lagChanges > worst.lagChanges ? part : worst), undefined);
+    const groupMembers = members
+      .filter((row) => row.group_name === name)
+      .map((row): GroupMemberInfo => {
+        const held = row.holds.map((index) => parts.get(index)).filter((part): part is ConsumerInfo => part !== undefined);
+        return {
+          member: row.member,
+          joinedAt: row.joined_at,
+          holds: row.holds,
+          lagChanges: behind(held)?.lagChanges ?? 0,
+          lagSeconds: Math.max(0, ...held.map((part) => part.lagSeconds)),
+        };
+      });
+    const heldSomewhere = new Set(groupMembers.flatMap((row) => row.holds));
+    const worst = behind(all)!;
+    plain.push({
+      name,
+      table: worst.table,
+      acknowledgedId: worst.acknowledgedId,
+      lagChanges: worst.lagChanges,
+      lagSeconds: Math.max(0, ...all.map((part) => part.lagSeconds)),
+      acknowledgedAt: new Date(Math.max(...all.map((part) => part.acknowledgedAt.getTime()))),
+      expiredAt: all.find((part) => part.expiredAt)?.expiredAt ?? null,
+      group: { partitions: parts.size, members: groupMembers, unheld: [...parts.keys()].filter((index) => !heldSomewhere.has(index)).sort((a, b) => a - b) },
+    });
+  }
+  return plain.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
+/** Drops a consumer, or a whole consumer group (its partitions and members with it). */
 export async function dropConsumer(pool: Pool, schema: SchemaNames, name: string): Promise<boolean> {
-  const { rowCount } = await pool.query(`DELETE FROM ${schema.ident}.consumers WHERE name = $1`, [name]);
-  return (rowCount ?? 0) > 0;
+  const { rows } = await pool.query<{ dropped: boolean }>(
+    `WITH plain AS (DELETE FROM ${schema.ident}.consumers WHERE name = $1 AND group_name IS NULL RETURNING 1),
+          grouped AS (DELETE FROM ${schema.ident}.groups WHERE name = $1 RETURNING 1)
+     SELECT EXISTS (SELECT FROM plain) OR EXISTS (SELECT FROM grouped) AS dropped`,
+    [name],
+  );
+  return rows[0]!.dropped;
+}
+
+/** Refuses a plain consumer named like an existing consumer group. */
+async function assertNotAGroup(pool: Pool, schema: SchemaNames, name: string): Promise<void> {
+  const { rows } = await pool.query(`SELECT FROM ${schema.ident}.groups WHERE name = $1`, [name]);
+  if (rows.length > 0) {
+    throw new PgTideError(
+      'CONSUMER_GROUP_MISMATCH',
+      `${JSON.stringify(name)} is a consumer group: read it with { consumer: ${JSON.stringify(name)}, group: true }, or pick another name`,
+      { consumer: name },
+    );
+  }
 }
 
 /**
@@ -214,12 +309,23 @@ export async function consumerPosition(
   name: string,
   tables: readonly TableInfo[],
   start: (db: Queryable) => Promise<Position>,
+  group?: string,
 ): Promise<Position> {
   const relids = tables.map((table) => table.relid);
   let stored = await readConsumer(pool, schema, name);
-  if (!stored) {
+  if (!stored && group === undefined) {
+    await assertNotAGroup(pool, schema, name);
     await registerConsumer(pool, schema, name, relids, start);
     stored = (await readConsumer(pool, schema, name))!;
+  }
+  if (!stored || (stored.groupName ?? undefined) !== group) {
+    throw new PgTideError(
+      'CONSUMER_GROUP_MISMATCH',
+      stored?.groupName
+        ? `consumer ${JSON.stringify(name)} is a partition of consumer group ${JSON.stringify(stored.groupName)}; pick another name`
+        : `consumer ${JSON.stringify(name)} is not a partition of group ${JSON.stringify(group)} (a plain consumer has that name)`,
+      { consumer: name },
+    );
   }
   const same = stored.relids.length === relids.length && relids.every((relid) => stored.relids.includes(relid));
   if (!same) {

@@ -22,7 +22,7 @@ export type {
   WaitForOptions,
   WatchOptions,
 } from './types.js';
-export type { ConsumerInfo, PruneResult } from './consumers.js';
+export type { ConsumerInfo, GroupInfo, GroupMemberInfo, PruneResult } from './consumers.js';
 export type { DeadLetter } from './deadLetters.js';
 export type { LogStats, WatchedTable } from './status.js';
 export { carryDelivery, markProcessed } from './delivery.js';

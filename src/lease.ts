@@ -15,6 +15,96 @@ export interface LeaseSettings {
   readonly logger: Logger;
 }
 
+/** What a stream's reader holds for its consumer: a `ConsumerLease`, or a group member's hold on one partition. */
+export interface Lease {
+  /** Takes the lease (calling `onStandby` first if it must wait); false if released meanwhile. */
+  acquire(onStandby: () => void): Promise<boolean>;
+  /** Calls `handler` if the lease is lost while held. */
+  onLost(handler: (error: PgTideError) => void): void;
+  /** Writes the consumer's position while the lease is held. */
+  save(position: Position): Promise<void>;
+  /** Runs a query on the lease's session (work that must lapse with it). */
+  query<R extends object>(text: string, values: readonly unknown[]): Promise<R[]>;
+  /** Lets go of the lease. */
+  release(): Promise<void>;
+}
+
+/** A connection for a lease-like session: keepalive tuned so the server drops a vanished holder within `leaseTimeout`. */
+export function sessionClient(settings: LeaseSettings, applicationName: string): pg.Client {
+  return new pg.Client({
+    ...settings.config,
+    application_name: applicationName,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: Math.max(1000, Math.floor(settings.leaseTimeout / 3)),
+  });
+}
+
+/**
+ * Sets the session so the server notices a vanished holder by TCP keepalive (idle +
+ * interval x count seconds) or unacknowledged data (tcp_user_timeout), both within
+ * leaseTimeout; and so a waiting session never times out by its own limits.
+ */
+export async function configureSession(client: pg.Client, leaseTimeout: number): Promise<void> {
+  const seconds = Math.max(1, Math.floor(leaseTimeout / 3000));
+  await client.query(
+    `SELECT set_config('tcp_keepalives_idle', $1, false), set_config('tcp_keepalives_interval', $1, false),
+            set_config('tcp_keepalives_count', '2', false), set_config('tcp_user_timeout', $2, false),
+            set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false),
+            set_config('idle_session_timeout', '0', false)`,
+    [String(seconds), String(leaseTimeout)],
+  );
+}
+
+/**
+ * One query at a time on a session of its own (pg queues overlapping queries, but
+ * deprecates doing so): position saves, claims and lock calls take turns.
+ */
+export class SessionQueue {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly client: pg.Client) {}
+
+  query<R extends object>(text: string, values: readonly unknown[] = []): Promise<R[]> {
+    const result = this.tail.then(() => this.client.query<R>(text, values as unknown[])).then((done) => done.rows);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+}
+
+/** SQL: the 64-bit advisory lock key of a consumer (`$1`: `consumerLockName`). */
+export const consumerLockKey = `('x' || left(md5($1), 16))::bit(64)::bigint`;
+
+/** What a consumer's lock key is made from: its schema and name. */
+export function consumerLockName(schema: SchemaNames, consumer: string): string {
+  return `pgtide:consumer:${schema.name}:${consumer}`;
+}
+
+/** Writes a consumer's position on `client`'s session; refused once it expired or was dropped. */
+export async function saveConsumerPosition(
+  session: SessionQueue,
+  schema: SchemaNames,
+  consumer: string,
+  position: Position,
+): Promise<void> {
+  const rows = await session.query<{ updated: string; expired_at: Date | null; exists: boolean }>(
+    `WITH saved AS (
+       UPDATE ${schema.ident}.consumers SET era = $2, base = $3, upto = $4, after_id = $5, acknowledged_at = now()
+        WHERE name = $1 AND expired_at IS NULL RETURNING 1)
+     SELECT (SELECT count(*) FROM saved)::text AS updated,
+            (SELECT c.expired_at FROM ${schema.ident}.consumers c WHERE c.name = $1) AS expired_at,
+            EXISTS (SELECT FROM ${schema.ident}.consumers c WHERE c.name = $1) AS exists`,
+    [consumer, ...positionValues(position)],
+  );
+  const row = rows[0]!;
+  if (row.updated !== '0') return;
+  if (row.exists && row.expired_at) throw expiredError(consumer, row.expired_at);
+  throw new PgTideError(
+    'UNKNOWN_CONSUMER',
+    `consumer ${JSON.stringify(consumer)} was dropped while its stream ran; its position is not saved`,
+    { consumer },
+  );
+}
+
 /**
  * The right to be a consumer's one reader: a session-level advisory lock, on a
  * connection of its own, per consumer name. Only one session in the whole server holds
@@ -27,8 +117,9 @@ export interface LeaseSettings {
  * is held, so a process that lost it (and may already have a successor) cannot move the
  * consumer's position under the successor.
  */
-export class ConsumerLease {
+export class ConsumerLease implements Lease {
   private readonly client: pg.Client;
+  private readonly session: SessionQueue;
   private released = false;
   private held = false;
   private readonly lostHandlers: Array<(error: PgTideError) => void> = [];
@@ -38,14 +129,9 @@ export class ConsumerLease {
     private readonly settings: LeaseSettings,
     readonly consumer: string,
   ) {
-    this.key = `pgtide:consumer:${settings.schema.name}:${consumer}`;
-    const keepAliveMs = Math.max(1000, Math.floor(settings.leaseTimeout / 3));
-    this.client = new pg.Client({
-      ...settings.config,
-      application_name: 'pgtide:consumer',
-      keepAlive: true,
-      keepAliveInitialDelayMillis: keepAliveMs,
-    });
+    this.key = consumerLockName(settings.schema, consumer);
+    this.client = sessionClient(settings, 'pgtide:consumer');
+    this.session = new SessionQueue(this.client);
     this.client.on('error', (error) => this.lose(error));
     this.client.on('end', () => this.lose(undefined));
   }
@@ -57,22 +143,11 @@ export class ConsumerLease {
   async acquire(onStandby: () => void): Promise<boolean> {
     try {
       await this.client.connect();
-      const seconds = Math.max(1, Math.floor(this.settings.leaseTimeout / 3000));
-      // The server notices a vanished holder by TCP keepalive (idle + interval x count
-      // seconds) or unacknowledged data (tcp_user_timeout), both within leaseTimeout;
-      // a waiting standby must never time out by the session's own limits.
-      await this.client.query(
-        `SELECT set_config('tcp_keepalives_idle', $1, false), set_config('tcp_keepalives_interval', $1, false),
-                set_config('tcp_keepalives_count', '2', false), set_config('tcp_user_timeout', $2, false),
-                set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false),
-                set_config('idle_session_timeout', '0', false)`,
-        [String(seconds), String(this.settings.leaseTimeout)],
-      );
-      const lockKey = `('x' || left(md5($1), 16))::bit(64)::bigint`;
-      const { rows } = await this.client.query<{ held: boolean }>(`SELECT pg_try_advisory_lock(${lockKey}) AS held`, [this.key]);
+      await configureSession(this.client, this.settings.leaseTimeout);
+      const { rows } = await this.client.query<{ held: boolean }>(`SELECT pg_try_advisory_lock(${consumerLockKey}) AS held`, [this.key]);
       if (!rows[0]!.held) {
         onStandby();
-        await this.client.query(`SELECT pg_advisory_lock(${lockKey})`, [this.key]);
+        await this.client.query(`SELECT pg_advisory_lock(${consumerLockKey})`, [this.key]);
       }
       if (this.released) return false;
       this.held = true;
@@ -89,23 +164,13 @@ export class ConsumerLease {
   }
 
   /** Writes the consumer's position; refused once it expired or was dropped. */
-  async save(position: Position): Promise<void> {
-    const { schema } = this.settings;
-    const { rows } = await this.client.query<{ updated: string; expired_at: Date | null; exists: boolean }>(
-      `WITH saved AS (
-         UPDATE ${schema.ident}.consumers SET era = $2, base = $3, upto = $4, after_id = $5, acknowledged_at = now()
-          WHERE name = $1 AND expired_at IS NULL RETURNING 1)
-       SELECT (SELECT count(*) FROM saved)::text AS updated,
-              (SELECT c.expired_at FROM ${schema.ident}.consumers c WHERE c.name = $1) AS expired_at,
-              EXISTS (SELECT FROM ${schema.ident}.consumers c WHERE c.name = $1) AS exists`,
-      [this.consumer, ...positionValues(position)],
-    );
-    if (rows[0]!.updated === '0') throw this.refusal(rows[0]!);
+  save(position: Position): Promise<void> {
+    return saveConsumerPosition(this.session, this.settings.schema, this.consumer, position);
   }
 
   /** Runs a query on the lease's session (work that must lapse with it). */
-  async query<R extends object>(text: string, values: readonly unknown[]): Promise<R[]> {
-    return (await this.client.query<R>(text, values as unknown[])).rows;
+  query<R extends object>(text: string, values: readonly unknown[]): Promise<R[]> {
+    return this.session.query<R>(text, values);
   }
 
   /** Lets go of the lease (a standby takes over) and closes its connection. */
@@ -114,15 +179,6 @@ export class ConsumerLease {
     this.released = true;
     // Ending the session releases the lock; a standby still waiting is cancelled by it.
     await this.client.end().catch(() => undefined);
-  }
-
-  private refusal(row: { expired_at: Date | null; exists: boolean }): PgTideError {
-    if (row.exists && row.expired_at) return expiredError(this.consumer, row.expired_at);
-    return new PgTideError(
-      'UNKNOWN_CONSUMER',
-      `consumer ${JSON.stringify(this.consumer)} was dropped while its stream ran; its position is not saved`,
-      { consumer: this.consumer },
-    );
   }
 
   private lose(error: Error | undefined): void {
