@@ -462,6 +462,9 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
   private async pageLimit(): Promise<number> {
     if (!this.ledger) return this.context.pageSize;
     await this.ledger.roomFor(this.maxInFlight);
+    // A partition delivers a share of what it reads: pages of what the window holds
+    // would be tiny. Its window may overshoot by that share of a page.
+    if (this.partition) return this.context.pageSize;
     return Math.max(1, Math.min(this.context.pageSize, this.maxInFlight - this.ledger.inFlight));
   }
 

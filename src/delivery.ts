@@ -107,6 +107,8 @@ export class Ledger implements AcknowledgementTarget {
   private readonly slots: Slot[] = [];
   /** Index in `slots` of the first change not yet processed. */
   private head = 0;
+  /** Deliveries not yet processed. */
+  private unprocessed = 0;
   /** Delivery number of `slots[0]`. */
   private base = 0;
   private processed: Position;
@@ -134,9 +136,9 @@ export class Ledger implements AcknowledgementTarget {
     }
   }
 
-  /** Delivered changes not yet part of the processed prefix. */
+  /** Delivered changes not yet processed (positions passed without delivering do not count). */
   get inFlight(): number {
-    return this.slots.length - this.head;
+    return this.unprocessed;
   }
 
   /** The position last written (or the start). */
@@ -153,6 +155,7 @@ export class Ledger implements AcknowledgementTarget {
   deliver(position: Position, id: string): DeliveryToken {
     const token: DeliveryToken = { target: this, number: this.base + this.slots.length, id };
     this.slots.push({ position, done: false, token });
+    this.unprocessed += 1;
     const known = registry.inFlightById.get(id);
     if (known === undefined) registry.inFlightById.set(id, token);
     else if (Array.isArray(known)) known.push(token);
@@ -168,7 +171,10 @@ export class Ledger implements AcknowledgementTarget {
       this.head = 0;
       this.advanceTo(position);
     } else {
-      this.slots.push({ position, done: true });
+      // Only the last of consecutive passed positions matters.
+      const last = this.slots.length - 1;
+      if (last > this.head && !this.slots[last]!.token) this.slots[last] = { position, done: true };
+      else this.slots.push({ position, done: true });
     }
   }
 
@@ -177,7 +183,9 @@ export class Ledger implements AcknowledgementTarget {
     const slot = this.slots[number - this.base];
     if (!slot || slot.done) return;
     slot.done = true;
+    this.unprocessed -= 1;
     if (slot.token) forget(slot.token);
+    for (const wake of this.roomWaiters.splice(0)) wake();
     if (number - this.base !== this.head) return;
     let moved: Position | undefined;
     while (this.head < this.slots.length && this.slots[this.head]!.done) {
@@ -218,7 +226,8 @@ export class Ledger implements AcknowledgementTarget {
 
   /** Resolves once fewer than `limit` changes are in flight. */
   async roomFor(limit: number): Promise<void> {
-    while (this.inFlight >= limit && !this.closed) {
+    // Also bounded: what waits behind an unprocessed change (processed out of order).
+    while ((this.inFlight >= limit || this.slots.length - this.head > 4 * limit) && !this.closed) {
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
     }
   }

@@ -15,6 +15,9 @@ import type { Change, ChangesOptions, StreamEvent } from './types.js';
 /** Partitions of a group created without saying how many. */
 export const defaultPartitions = 16;
 
+/** Milliseconds a new member waits for others joining with it before its first share. */
+const joinDelay = 150;
+
 /** The consumer name of a group's partition. */
 export function partitionName(group: string, index: number): string {
   return `${group}/${index}`;
@@ -96,7 +99,9 @@ class GroupMember<Row> implements RunningStream {
       const every = Math.max(100, Math.min(1000, this.context.sessions.leaseTimeout / 4));
       this.timer = setInterval(() => this.rebalance(), every);
       this.timer.unref();
-      this.rebalance();
+      // Members started together see each other before taking anything, so the first
+      // one does not take every partition only to hand most of them over.
+      setTimeout(() => this.rebalance(), joinDelay).unref();
     } catch (error) {
       if (this.ended) return;
       if (this.context.closed()) void this.complete(false);
@@ -209,7 +214,9 @@ class GroupMember<Row> implements RunningStream {
       release: () => this.unlock(index),
     };
     const context: StreamContext = { ...this.context, lease: () => lease };
-    const partitionOptions: ChangesOptions<Row> = { ...this.options, consumer: name, group: false };
+    // The member's in-flight window is shared by its partitions.
+    const maxInFlight = Math.max(1, Math.ceil((this.options.maxInFlight ?? 1000) / this.partitions));
+    const partitionOptions: ChangesOptions<Row> = { ...this.options, consumer: name, group: false, maxInFlight };
     const events = new Observable<StreamEvent<Row>>((subscriber) => {
       const stream = new ChangeStream<Row>(context, this.table, partitionOptions, subscriber, {}, {
         group: this.consumer,

@@ -145,7 +145,7 @@ describe('processChanges', () => {
     expect((failure as Error).message).toContain('card declined');
     // b1 is acknowledged; a1 never is, so the position stays before it.
     expect(mailer.moves).toEqual([]);
-    expect(mailer.ledger.inFlight).toBe(2);
+    expect(mailer.ledger.inFlight).toBe(1);
   });
 
   it("with onExhausted: 'stop' errors the stream without keeping a dead letter, even where one could be kept", () => {
