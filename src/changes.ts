@@ -9,7 +9,7 @@ import { expiredError } from './consumers.js';
 import { PgTideError, RowValidationError } from './errors.js';
 import type { FeedMember, Hub } from './hub.js';
 import { backoffDelay, sleep } from './backoff.js';
-import { lostConnection, readPages } from './pages.js';
+import { lostConnection, readPages, type PageSource } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
 import { atOrAfter, isDelivered, NOTHING_VISIBLE, samePosition, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
 import type { Change, ChangesOptions, Logger, RowData, StartFrom, StreamEvent } from './types.js';
@@ -262,6 +262,10 @@ export interface PartitionRole {
   readonly group: string;
   readonly index: number;
   readonly count: number;
+  /** The pages the member's partitions share (see `SharedPages`). */
+  readonly pages: PageSource;
+  /** Every partition's consumer name: pages are read for all, so they are the same pages. */
+  readonly consumers: readonly string[];
 }
 
 export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements FeedMember {
@@ -473,7 +477,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
     // A read of an earlier generation (before the lease was lost) stops delivering.
     const generation = this.generation;
     const result = await readPages(from, {
-      reader: this.context.reader,
+      reader: this.partition?.pages ?? this.context.reader,
       relid: info.relid,
       table: info.qualified,
       logger: this.context.logger,
@@ -481,7 +485,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
       checkPending: false,
       limit: () => this.pageLimit(),
       readAhead: !this.ledger,
-      ...(this.ledger ? { consumers: () => [this.consumer!] } : {}),
+      ...(this.ledger ? { consumers: () => this.partition?.consumers ?? [this.consumer!] } : {}),
       deliver: (page) => generation === this.generation && this.deliverPage(page),
       stopped: () => this.ended || this.context.closed() || generation !== this.generation,
     });
@@ -539,14 +543,21 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
   /** Emits a page's rows and advances the cursor; false once the stream has ended. */
   private deliverPage(page: LogPage): boolean {
     const info = this.info!;
-    if (page.expired.length > 0) {
+    if (page.expired.includes(this.consumer!)) {
       // Prune expired this consumer and may have deleted rows of this page's range.
       this.fail(expiredError(this.consumer!, new Date()));
       return false;
     }
+    const partition = this.partition;
     for (let index = 0; index < page.rows.length; index += 1) {
       if (this.ended) return false;
-      this.emit(toItem(page.rows[index]!, info), page.positions[index]!, false);
+      const row = page.rows[index]!;
+      // Another partition's row: skipped before it becomes a change (the pass at the
+      // page's end, or the next delivery, covers it).
+      if (partition && (row.op === 'i' || row.op === 'u' || row.op === 'd')) {
+        if (partitionOf(row.new ?? row.old!, info.keyColumns, partition.count) !== partition.index) continue;
+      }
+      this.emit(toItem(row, info), page.positions[index]!, false);
     }
     if (this.ended) return false;
     if (page.next !== this.cursor) {
@@ -613,24 +624,25 @@ export async function startPosition(
   return found;
 }
 
-/** Each change's partition, remembered: a feed hands the same object to every partition of a member. */
-const partitions = new WeakMap<Change, { readonly count: number; readonly index: number }>();
+/** Each row's partition, remembered: a member's partitions see the same row objects (shared pages, the feed). */
+const partitions = new WeakMap<object, { readonly count: number; readonly index: number }>();
 
 /**
- * The partition (of `count`) a change's row belongs to: FNV-1a of its key string, the
- * same in every process (the key string does not depend on the JS types of the values).
+ * The partition (of `count`) of the row with these key values (a row, or a change's
+ * key): FNV-1a of its key string, the same in every process whose pool parses the key
+ * columns alike (the key string does not depend on whether a number came as a string).
  */
-export function partitionOf(change: Change, keyColumns: readonly string[], count: number): number {
-  const known = partitions.get(change);
+export function partitionOf(values: Readonly<Record<string, unknown>>, keyColumns: readonly string[], count: number): number {
+  const known = partitions.get(values);
   if (known?.count === count) return known.index;
-  const key = rowKeyString(keyColumns, change.key);
+  const key = rowKeyString(keyColumns, values);
   let hash = 0x811c9dc5;
   for (let index = 0; index < key.length; index += 1) {
     hash ^= key.charCodeAt(index);
     hash = Math.imul(hash, 0x01000193);
   }
   const index = (hash >>> 0) % count;
-  partitions.set(change, { count, index });
+  partitions.set(values, { count, index });
   return index;
 }
 
@@ -678,7 +690,7 @@ function selector<Row>(
     // A TRUNCATE removes every row: each stream of the table hears of it.
     if (change.op === 'truncate') return change;
     if (rowKey !== undefined && rowKeyString(info.keyColumns, change.key) !== rowKey) return undefined;
-    if (partition && partitionOf(change, info.keyColumns, partition.count) !== partition.index) return undefined;
+    if (partition && partitionOf(change.key, info.keyColumns, partition.count) !== partition.index) return undefined;
     return watched && keep ? selectColumns(change, watched, keep) : change;
   };
 }

@@ -9,6 +9,7 @@ import type { RetryDelivery } from './deadLetters.js';
 import { PgTideError } from './errors.js';
 import { configureSession, consumerLockKey, consumerLockName, saveConsumerPosition, sessionClient, SessionQueue, type Lease } from './lease.js';
 import type { Position, Queryable } from './log.js';
+import { SharedPages } from './pages.js';
 import { classifyDatabaseError, inTransaction } from './sql.js';
 import type { Change, ChangesOptions, StreamEvent } from './types.js';
 
@@ -69,6 +70,9 @@ class GroupMember<Row> implements RunningStream {
   private balancing: Promise<void> | undefined;
   private balanceAgain = false;
   private retries: RetryDelivery | undefined;
+  /** Pages read once for all partitions this member holds. */
+  private readonly pages: SharedPages;
+  private partitionNames: readonly string[] = [];
 
   constructor(
     private readonly context: StreamContext,
@@ -77,6 +81,7 @@ class GroupMember<Row> implements RunningStream {
     private readonly subscriber: Subscriber<StreamEvent<Row>>,
   ) {
     this.consumer = options.consumer!;
+    this.pages = new SharedPages(context.reader, () => 2 * Math.max(4, this.held.size));
   }
 
   async run(): Promise<void> {
@@ -87,6 +92,7 @@ class GroupMember<Row> implements RunningStream {
       this.partitions = await registerGroup(this.context, this.consumer, info, requested, (db) =>
         startPosition(this.context, info, this.options.from, {}, db),
       );
+      this.partitionNames = Array.from({ length: this.partitions }, (_, index) => partitionName(this.consumer, index));
       if (this.ended) return;
       await this.join();
       if (this.ended) return;
@@ -222,6 +228,8 @@ class GroupMember<Row> implements RunningStream {
         group: this.consumer,
         index,
         count: this.partitions,
+        pages: this.pages,
+        consumers: this.partitionNames,
       });
       held.stream = stream as ChangeStream<unknown>;
       const untrack = this.context.track(stream);

@@ -4,9 +4,12 @@ import type { FetchedPage, LogPage, LogReader, Position } from './log.js';
 import { classifyDatabaseError, isTransient } from './sql.js';
 import type { Logger } from './types.js';
 
+/** Where pages come from: the log reader, or pages shared by a group member's partitions. */
+export type PageSource = Pick<LogReader, 'fetch' | 'decodePage'>;
+
 /** What one run of {@link readPages} reads for, and hands its pages to. */
 export interface PageLoop {
-  readonly reader: LogReader;
+  readonly reader: PageSource;
   readonly relid: number;
   /** The table, `schema.name`, for messages. */
   readonly table: string;
@@ -69,6 +72,51 @@ export async function readPages(from: Position, loop: PageLoop): Promise<{ posit
     if (loop.stopped() || !loop.deliver(page)) return undefined;
     position = page.next;
     if (!page.full) return { position, pending: page.pending };
+  }
+}
+
+/**
+ * Pages read once for several readers that follow the log in near lockstep: the
+ * partitions of one consumer group member, each of which wants every row of the table
+ * to pick its share. A page is fixed by where it starts: read at any snapshot after that
+ * position, it is a correct next page, so a page read for one partition serves the
+ * others arriving at the same position. Keeps the last `capacity` pages, for
+ * `lifetime` ms.
+ */
+export class SharedPages implements PageSource {
+  private readonly pages = new Map<string, { readonly fetched: Promise<FetchedPage>; readonly at: number }>();
+  private readonly decoded = new WeakMap<FetchedPage, Promise<LogPage>>();
+
+  constructor(
+    private readonly reader: LogReader,
+    private readonly capacity: () => number,
+    private readonly lifetime = 10_000,
+  ) {}
+
+  fetch(relid: number, position: Position, limit: number, checkPending?: boolean, consumers?: readonly string[]): Promise<FetchedPage> {
+    const key = [relid, position.era, position.base.text, position.upto?.text, position.afterId, limit, checkPending, consumers?.join('\u0000')].join('|');
+    const now = Date.now();
+    const known = this.pages.get(key);
+    if (known && now - known.at < this.lifetime) return known.fetched;
+    const fetched = this.reader.fetch(relid, position, limit, checkPending, consumers);
+    this.pages.delete(key);
+    this.pages.set(key, { fetched, at: now });
+    // A failed read is not kept: the next reader tries again.
+    fetched.catch(() => this.pages.get(key)?.fetched === fetched && this.pages.delete(key));
+    for (const [oldest, entry] of this.pages) {
+      if (this.pages.size <= this.capacity() && now - entry.at < this.lifetime) break;
+      this.pages.delete(oldest);
+    }
+    return fetched;
+  }
+
+  decodePage(fetched: FetchedPage): Promise<LogPage> {
+    let page = this.decoded.get(fetched);
+    if (!page) {
+      page = this.reader.decodePage(fetched);
+      this.decoded.set(fetched, page);
+    }
+    return page;
   }
 }
 
