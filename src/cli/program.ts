@@ -166,7 +166,56 @@ function buildProgram(): Command {
       say(`pgtide: dropped consumer ${JSON.stringify(name)}`);
     }));
 
+  const deadLetters = program
+    .command('dead-letters')
+    .description("list, retry or drop the changes a consumer's handlers gave up on (processChanges)");
+  deadLetters
+    .command('list', { isDefault: true })
+    .description('the dead letters of a consumer (or consumer group), oldest first')
+    .argument('<consumer>', 'the consumer or group')
+    .option('--json', 'print a JSON array')
+    .action(withSession(program, { install: false }, async (session, consumer: string, options: { json?: boolean }) => {
+      const letters = await session.tide.deadLetters(consumer);
+      if (options.json) return say(JSON.stringify(letters, (_key, value: unknown) => (typeof value === 'bigint' ? value.toString() : value), 2));
+      if (letters.length === 0) return say(`pgtide: no dead letters for ${JSON.stringify(consumer)}`);
+      say(
+        alignColumns(
+          letters.map((letter) => [
+            `#${letter.id}`,
+            `change ${letter.change.id} (${letter.change.op} ${letter.change.schema}.${letter.change.table} ${JSON.stringify(letter.change.key)})`,
+            `${letter.attempts} attempt${letter.attempts === 1 ? '' : 's'}`,
+            letter.retryRequestedAt ? 'retry asked' : `failed ${letter.failedAt.toISOString()}`,
+            letter.error.replace(/\s+/g, ' ').slice(0, 80),
+          ]),
+          '',
+        ),
+      );
+    }));
+  deadLetters
+    .command('retry')
+    .description("deliver dead letters again through the consumer's running stream (all, or the ids given)")
+    .argument('<consumer>', 'the consumer or group')
+    .argument('[ids...]', 'dead letter ids (#n in the list)')
+    .action(withSession(program, { install: false }, async (session, consumer: string, ids: string[]) => {
+      const count = await session.tide.retryDeadLetters(consumer, ids.length > 0 ? ids.map(stripHash) : undefined);
+      say(`pgtide: asked to retry ${count} dead letter${count === 1 ? '' : 's'} of ${JSON.stringify(consumer)}`);
+    }));
+  deadLetters
+    .command('drop')
+    .description('remove dead letters (all, or the ids given); their changes may then be pruned')
+    .argument('<consumer>', 'the consumer or group')
+    .argument('[ids...]', 'dead letter ids (#n in the list)')
+    .action(withSession(program, { install: false }, async (session, consumer: string, ids: string[]) => {
+      const count = await session.tide.dropDeadLetters(consumer, ids.length > 0 ? ids.map(stripHash) : undefined);
+      say(`pgtide: dropped ${count} dead letter${count === 1 ? '' : 's'} of ${JSON.stringify(consumer)}`);
+    }));
+
   return program;
+}
+
+/** `#12` as the list prints it, or `12`. */
+function stripHash(id: string): string {
+  return id.startsWith('#') ? id.slice(1) : id;
 }
 
 type SessionSpec = { install: boolean; tide?: SessionOptions };

@@ -86,6 +86,24 @@ export function formatStatus(status: Status, server: string, now = new Date()): 
         ]),
       ),
     );
+    for (const consumer of status.consumers) {
+      if (!consumer.group) continue;
+      const { group } = consumer;
+      lines.push(`group ${consumer.name}: ${group.partitions} partitions, ${plural(group.members.length, 'member')}` +
+        (group.unheld.length > 0 ? `, unheld: ${ranges(group.unheld)}` : ''));
+      if (group.members.length > 0) {
+        lines.push(
+          columns(
+            group.members.map((member) => [
+              member.member,
+              member.holds.length > 0 ? `holds ${ranges(member.holds)}` : 'holds nothing',
+              `lag ${plural(member.lagChanges, 'change')}, ${formatAge(member.lagSeconds)}`,
+              `joined ${member.joinedAt.toISOString()}`,
+            ]),
+          ).replace(/^/gm, '  '),
+        );
+      }
+    }
   }
   if (status.blockers.length > 0) {
     lines.push(`open writing transactions (${status.blockers.length}; changes wait for the oldest)`);
@@ -101,6 +119,18 @@ export function formatStatus(status: Status, server: string, now = new Date()): 
     );
   }
   return lines.join('\n');
+}
+
+/** Partition numbers as ranges: 0-3, 8, 10-11. */
+export function ranges(numbers: readonly number[]): string {
+  const parts: string[] = [];
+  for (let index = 0; index < numbers.length; ) {
+    let end = index;
+    while (end + 1 < numbers.length && numbers[end + 1] === numbers[end]! + 1) end += 1;
+    parts.push(end === index ? `${numbers[index]}` : `${numbers[index]}-${numbers[end]}`);
+    index = end + 1;
+  }
+  return parts.join(', ');
 }
 
 function plural(count: number, noun: string): string {

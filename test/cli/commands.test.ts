@@ -4,6 +4,7 @@ import pg from 'pg';
 import { firstValueFrom, take, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acknowledge } from '../../operators/acknowledge.js';
+import { processChanges } from '../../operators/processChanges.js';
 import { latestVersion } from '../../src/migrate.js';
 import { createTestDatabase, type TestDatabase } from '../helpers.js';
 import { oneLine, runCli } from './run.js';
@@ -24,7 +25,7 @@ describe('pgtide command line', () => {
   it('--help lists every command and the exit codes', async () => {
     const result = await runCli(['--help']);
     expect(result.code).toBe(0);
-    for (const command of ['install', 'watch', 'unwatch', 'tail', 'status', 'prune', 'consumers']) {
+    for (const command of ['install', 'watch', 'unwatch', 'tail', 'status', 'prune', 'consumers', 'dead-letters']) {
       expect(result.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'));
     }
     expect(result.stdout).toContain('--url <url>');
@@ -227,6 +228,41 @@ describe('pgtide commands on a database', () => {
     expect(again.code).toBe(1);
     expect(oneLine(again.stderr)).toBe('pgtide: no consumer named "mailer"');
     expect((await cli('consumers')).stdout).toBe('pgtide: no consumers\n');
+  });
+
+  it('dead-letters list, retry and drop a consumer\'s dead letters; status shows a group\'s members and holdings', async () => {
+    const tide = await db.tide({ pruneInterval: 0, acknowledgeFlushDelay: 10 });
+    await tide.watch('mail_users');
+    const failing = tide
+      .changes$('mail_users', { consumer: 'quota', from: 'now' })
+      .pipe(processChanges(() => Promise.reject(new Error('disk full')), { attempts: 2, backoff: () => 1 }))
+      .subscribe();
+    const member = tide.changes$('mail_users', { consumer: 'mailers', group: { partitions: 4 } }).subscribe();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await db.pool.query("INSERT INTO mail_users VALUES (41, 1, 'dl', 1)");
+    const deadline = Date.now() + 10_000;
+    while ((await tide.deadLetters('quota')).length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    failing.unsubscribe();
+    const listed = await cli('dead-letters', 'list', 'quota');
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toMatch(/^#(\d+)\s+change \d+ \(insert public\.mail_users \{"id":41\}\)\s+2 attempts\s+failed \S+\s+disk full\n$/);
+    const id = /^#(\d+)/.exec(listed.stdout)![1]!;
+    const json = JSON.parse((await cli('dead-letters', 'list', 'quota', '--json')).stdout) as Array<{ id: string; error: string }>;
+    expect(json).toMatchObject([{ id, error: 'disk full', attempts: 2 }]);
+    expect(await cli('dead-letters', 'retry', 'quota', `#${id}`)).toMatchObject({ code: 0, stdout: 'pgtide: asked to retry 1 dead letter of "quota"\n' });
+    expect((await cli('dead-letters', 'list', 'quota')).stdout).toContain('retry asked');
+    const status = await cli('status');
+    expect(status.stdout).toMatch(/^group mailers: 4 partitions, 1 member$/m);
+    // The member acknowledges nothing: its lag is the one change.
+    expect(status.stdout).toMatch(/^ {4}\S+:\d+:[0-9a-f]{6}\s+holds 0-3\s+lag 1 change, /m);
+    expect(await cli('dead-letters', 'drop', 'quota')).toMatchObject({ code: 0, stdout: 'pgtide: dropped 1 dead letter of "quota"\n' });
+    expect((await cli('dead-letters', 'list', 'quota')).stdout).toBe('pgtide: no dead letters for "quota"\n');
+    expect((await cli('dead-letters', 'list', '')).code).toBe(1);
+    member.unsubscribe();
+    await tide.dropConsumer('mailers');
+    await tide.dropConsumer('quota');
+    // Leave the log as the tests after this one expect it: empty.
+    await db.pool.query('DELETE FROM pgtide.log');
   });
 
   it('unwatch removes capture; unwatching again says it was not watched', async () => {
