@@ -32,6 +32,7 @@ export interface ConsumerInfo {
 
 /** A consumer group as `tide.consumers()` reports it. */
 export interface GroupInfo {
+  /** How many partitions the rows are split into. */
   readonly partitions: number;
   /** Live members, in the order they joined. */
   readonly members: readonly GroupMemberInfo[];
@@ -43,6 +44,7 @@ export interface GroupInfo {
 export interface GroupMemberInfo {
   /** The member's id (`host:pid:random`), as its `events$` group events name it. */
   readonly member: string;
+  /** When it joined the group. */
   readonly joinedAt: Date;
   /** The partitions it holds. */
   readonly holds: readonly number[];
