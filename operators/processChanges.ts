@@ -1,4 +1,4 @@
-import { defer, from, Observable, retry, Subscription, timer, type ObservableInput, type OperatorFunction } from 'rxjs';
+import { from, Observable, Subscription, timer, type ObservableInput, type OperatorFunction } from 'rxjs';
 import { canKeepAsDeadLetter, keepAsDeadLetter, markProcessed } from '../src/delivery.js';
 import { PgTideError } from '../src/errors.js';
 import type { Change } from '../src/types.js';
@@ -86,11 +86,7 @@ export function processChanges<T extends Change<unknown> | readonly Change<unkno
 
       const start = (entry: (typeof waiting)[number]): void => {
         for (const row of entry.rows) busyRows.add(row);
-        const work = defer(() => {
-          const result = handler(entry.value);
-          return isObservableInput(result) ? from(result) : from([result]);
-        }).pipe(retry({ count: attempts - 1, delay: (_error, attempt) => timer(backoff(attempt)) }));
-        // The handle exists before subscribing: a handler may complete synchronously.
+        // The handle exists before the first call: a handler may complete synchronously.
         const handle = new Subscription();
         /** The entry is done (processed, or kept as a dead letter): its rows may go on. */
         const finish = (emitted?: T): void => {
@@ -100,35 +96,52 @@ export function processChanges<T extends Change<unknown> | readonly Change<unkno
           pump();
           finishIfDone();
         };
+        const succeeded = (): void => {
+          if (handle.closed) return;
+          for (const change of changesOf(entry.value)) markProcessed(change);
+          finish(entry.value);
+        };
+        const exhausted = (error: unknown): void => {
+          const failed = (reason: string, cause: unknown): void =>
+            subscriber.error(
+              new PgTideError(
+                'PROCESSING_FAILED',
+                `processChanges: the handler failed ${attempts} time(s) for ${describe(entry.value)}: ${String(error)}${reason}`,
+                { attempts, change: entry.value },
+                { cause },
+              ),
+            );
+          if (onExhausted === 'stop') return failed('', error);
+          const changes = changesOf(entry.value);
+          if (!changes.every(canKeepAsDeadLetter)) {
+            return failed(' (it came from no durable consumer, so no dead letter can keep it)', error);
+          }
+          void keepAll(changes, error, attempts).then(
+            () => finish(),
+            (failure: unknown) => failed(`; keeping it as a dead letter failed too: ${String(failure)}`, failure),
+          );
+        };
+        // Calls by hand rather than through defer/retry: this runs once per change.
+        const call = (attempt: number): void => {
+          if (handle.closed) return;
+          const failedCall = (error: unknown): void => {
+            if (handle.closed) return;
+            if (attempt >= attempts) exhausted(error);
+            else handle.add(timer(backoff(attempt)).subscribe(() => call(attempt + 1)));
+          };
+          let result: unknown;
+          try {
+            result = handler(entry.value);
+          } catch (error) {
+            failedCall(error);
+            return;
+          }
+          if (isPromiseLike(result)) result.then(succeeded, failedCall);
+          else if (isObservableInput(result)) handle.add(from(result).subscribe({ error: failedCall, complete: succeeded }));
+          else succeeded();
+        };
         running.add(handle);
-        handle.add(
-          work.subscribe({
-            error: (error: unknown) => {
-              const failed = (reason: string, cause: unknown): void =>
-                subscriber.error(
-                  new PgTideError(
-                    'PROCESSING_FAILED',
-                    `processChanges: the handler failed ${attempts} time(s) for ${describe(entry.value)}: ${String(error)}${reason}`,
-                    { attempts, change: entry.value },
-                    { cause },
-                  ),
-                );
-              if (onExhausted === 'stop') return failed('', error);
-              const changes = changesOf(entry.value);
-              if (!changes.every(canKeepAsDeadLetter)) {
-                return failed(' (it came from no durable consumer, so no dead letter can keep it)', error);
-              }
-              void keepAll(changes, error, attempts).then(
-                () => finish(),
-                (failure: unknown) => failed(`; keeping it as a dead letter failed too: ${String(failure)}`, failure),
-              );
-            },
-            complete: () => {
-              for (const change of changesOf(entry.value)) markProcessed(change);
-              finish(entry.value);
-            },
-          }),
-        );
+        call(1);
       };
 
       /**
@@ -206,6 +219,10 @@ function rowOf(change: Change<unknown>): string {
 function describe(value: Processable): string {
   const changes = changesOf(value);
   return changes.length === 1 ? `change ${changes[0]!.id}` : `a batch of ${changes.length} changes (${changes[0]?.id}...)`;
+}
+
+function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as { then?: unknown }).then === 'function';
 }
 
 function isObservableInput(value: unknown): value is ObservableInput<unknown> {

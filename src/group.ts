@@ -16,8 +16,12 @@ import type { Change, ChangesOptions, StreamEvent } from './types.js';
 /** Partitions of a group created without saying how many. */
 export const defaultPartitions = 16;
 
-/** Milliseconds a new member waits for others joining with it before its first share. */
-const joinDelay = 150;
+/**
+ * Milliseconds the membership must stay the same before a member takes partitions:
+ * members that start together (or one after the other) settle on one split instead of
+ * taking partitions only to hand most of them over, and read again, a moment later.
+ */
+const settleTime = 150;
 
 /** The consumer name of a group's partition. */
 export function partitionName(group: string, index: number): string {
@@ -63,6 +67,9 @@ class GroupMember<Row> implements RunningStream {
   private partitions = 0;
   private readonly held = new Map<number, HeldPartition>();
   private members = 0;
+  /** The live members as last seen, and since when. */
+  private membership = '';
+  private membershipSince = Date.now();
   private lastShare = '';
   private caughtUpSent = false;
   private timer: NodeJS.Timeout | undefined;
@@ -105,9 +112,7 @@ class GroupMember<Row> implements RunningStream {
       const every = Math.max(100, Math.min(1000, this.context.sessions.leaseTimeout / 4));
       this.timer = setInterval(() => this.rebalance(), every);
       this.timer.unref();
-      // Members started together see each other before taking anything, so the first
-      // one does not take every partition only to hand most of them over.
-      setTimeout(() => this.rebalance(), joinDelay).unref();
+      this.rebalance();
     } catch (error) {
       if (this.ended) return;
       if (this.context.closed()) void this.complete(false);
@@ -192,6 +197,17 @@ class GroupMember<Row> implements RunningStream {
     }
     for (const [index, held] of this.held) {
       if (!desired.has(index) && !held.draining) void this.giveUp(index, held);
+    }
+    const membership = members.join('\u0000');
+    if (membership !== this.membership) {
+      this.membership = membership;
+      this.membershipSince = Date.now();
+    }
+    const unsettled = settleTime - (Date.now() - this.membershipSince);
+    if (unsettled > 0) {
+      setTimeout(() => this.rebalance(), unsettled).unref();
+      await this.report();
+      return;
     }
     for (const index of desired) {
       if (this.held.has(index) || this.ended) continue;

@@ -31,6 +31,8 @@ export interface GroupMemberResult {
   readonly firstAt: number;
   readonly lastAt: number;
   readonly maxRssMB: number;
+  /** CPU (user + system) from go to the last handled change. */
+  readonly cpuMs: number;
 }
 
 export default async function groupMember(args: GroupMemberArgs, channel: Channel): Promise<GroupMemberResult> {
@@ -38,6 +40,8 @@ export default async function groupMember(args: GroupMemberArgs, channel: Channe
   channel.send('ready');
   await channel.receive('go');
   const goAt = nowMs();
+  const cpuAtGo = process.cpuUsage();
+  let cpuAtLast = cpuAtGo;
   let handled = 0;
   let firstAt = 0;
   let lastAt = 0;
@@ -47,6 +51,7 @@ export default async function groupMember(args: GroupMemberArgs, channel: Channe
   const done = () => {
     handled += 1;
     lastAt = nowMs();
+    cpuAtLast = process.cpuUsage();
   };
   let source: Observable<Change>;
   if (args.mode === 'group') {
@@ -85,5 +90,6 @@ export default async function groupMember(args: GroupMemberArgs, channel: Channe
     subscription.unsubscribe();
     await tide.close();
   }
-  return { handled, goAt, firstAt, lastAt, maxRssMB: process.resourceUsage().maxRSS / 1024 };
+  const cpuMs = (cpuAtLast.user + cpuAtLast.system - cpuAtGo.user - cpuAtGo.system) / 1000;
+  return { handled, goAt, firstAt, lastAt, cpuMs, maxRssMB: process.resourceUsage().maxRSS / 1024 };
 }

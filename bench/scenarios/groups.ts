@@ -45,6 +45,7 @@ interface Measurement {
   /** Last handler completion (any process) -> the last position save, ms. */
   readonly saveMs: number;
   readonly maxRssMB: number[];
+  readonly cpuMs: number[];
 }
 
 /**
@@ -154,6 +155,7 @@ async function measure(url: string, tide: Tide, variant: Variant, run: number, t
       startMs: results.map((result) => (result.firstAt === 0 ? Number.NaN : result.firstAt - result.goAt)),
       saveMs: go + seconds * 1000 - Math.max(...results.map((result) => result.lastAt)),
       maxRssMB: results.map((result) => result.maxRssMB),
+      cpuMs: results.map((result) => Math.round(result.cpuMs)),
     };
   } finally {
     for (const job of jobs) job.kill();
