@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { firstValueFrom, take, toArray } from 'rxjs';
+import { filter, firstValueFrom, map, take, tap, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acknowledge } from '../../operators/acknowledge.js';
+import { processChanges } from '../../operators/processChanges.js';
 import { connect, PgTideError, type Tide } from '../../src/index.js';
 import { createTestDatabase, eventually, quietLogger, type TestDatabase } from '../helpers.js';
 
@@ -57,6 +58,37 @@ describe('an application role with grant_consumer', () => {
       const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM pgtide.log WHERE relid = 'secrets'::regclass`);
       expect(rows[0].n).toBe(1);
       expect((await tide.prune()).deleted).toBeGreaterThanOrEqual(2);
+      await appPool.end();
+    } finally {
+      await tide.close();
+    }
+  });
+
+  it('runs a consumer group member and keeps, lists and retries dead letters', async () => {
+    const tide = await connect({ connectionString: urlAs(app), logger: quietLogger, pruneInterval: 0, acknowledgeFlushDelay: 10 });
+    try {
+      const appPool = new pg.Pool({ connectionString: urlAs(app) });
+      const shares: number[][] = [];
+      const member = tide
+        .events$('items', { consumer: 'app-group', group: { partitions: 2 }, from: 'now' })
+        .pipe(
+          tap((event) => event.kind === 'group' && shares.push([...event.holds])),
+          filter((event) => event.kind === 'change'),
+          map((event) => (event as Extract<typeof event, { kind: 'change' }>).change),
+          processChanges((change) => (change.key['id'] === 11 ? Promise.reject(new Error('no')) : undefined), { attempts: 1 }),
+        )
+        .subscribe();
+      await eventually(() => shares.at(-1)?.length === 2, 'the member holds both partitions');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await appPool.query(`INSERT INTO items VALUES (10, 'ten'), (11, 'eleven')`);
+      await eventually(async () => (await tide.deadLetters('app-group')).length === 1, 'a dead letter');
+      expect(await tide.retryDeadLetters('app-group')).toBe(1);
+      await eventually(async () => (await tide.deadLetters('app-group'))[0]?.retryRequestedAt === null, 'retried and kept again');
+      const [group] = (await tide.consumers()).filter((consumer) => consumer.name === 'app-group');
+      expect(group?.group?.members).toHaveLength(1);
+      member.unsubscribe();
+      expect(await tide.dropDeadLetters('app-group')).toBe(1);
+      expect(await tide.dropConsumer('app-group')).toBe(true);
       await appPool.end();
     } finally {
       await tide.close();

@@ -16,6 +16,7 @@ const shipped: Record<string, string> = {
   '000002.sql': '3f66a7ec7791f07ed4d3264b4fd5907f615511009ff2cade25391d075e3fbaf4',
   '000003.sql': 'e953254ebcb550cf1540b8b48f73342a42df80b4acc3271ebb24093c9bd1a4b4',
   '000004.sql': 'aac1812700c1c5bf4c5bd455515e23639c302af059a3220857b053a1612c633f',
+  '000005.sql': 'f3e0128fb6b48cd4777c4177e6bbaa8c4c66be07c26f27761ce98d5296e99438',
 };
 
 describe('migrations', () => {
