@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Tide } from '../../src/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers.js';
 import { GroupChecker, type ProcessingRecord } from './checker.js';
+import { seeded } from './seeded.js';
 
 /**
  * A consumer group under faults: member processes with one consumer name and `group: true`
@@ -36,17 +37,6 @@ const writeMs = Number(process.env.PGTIDE_GROUP_WRITE_MS ?? 8_000);
 const unsavedTailMs = 2_500;
 const seed = Number(process.env.PGTIDE_TEST_SEED ?? 20_240_612);
 
-/** mulberry32: a small seeded generator, so a failing schedule can be replayed. */
-function seeded(start: number): () => number {
-  let state = start >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
 
 /** CLOCK_MONOTONIC in microseconds: the clock of the children's logs (one for the whole machine). */
 const micros = (): number => Number(process.hrtime.bigint() / 1000n);

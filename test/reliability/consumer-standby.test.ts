@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Tide } from '../../src/index.js';
 import { createTestDatabase, eventually, type TestDatabase } from '../helpers.js';
 import { DeliveryChecker, report } from './checker.js';
+import { seeded } from './seeded.js';
 
 /**
  * One consumer name, one reader, with hot standby: several processes follow the same
@@ -27,17 +28,6 @@ const rows = 40;
 const minRounds = 37;
 const seed = Number(process.env.PGTIDE_TEST_SEED ?? 20_240_611);
 
-/** mulberry32: a small seeded generator, so a failing schedule can be replayed. */
-function seeded(start: number): () => number {
-  let state = start >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
 const random = seeded(seed);
 const kills = 3 + Math.floor(random() * 2);
 

@@ -32,16 +32,6 @@ if (!url || !logFile || !table || !consumer || !leaseTimeout || !flushDelay) {
   process.exit(2);
 }
 
-/** The `group` event of `events$` for a group member (typed here until the SDK's types have it). */
-interface GroupEvent {
-  readonly kind: 'group';
-  readonly consumer: string;
-  readonly member: string;
-  readonly holds: readonly number[];
-  readonly partitions: number;
-  readonly members: number;
-}
-
 const micros = (): number => Number(process.hrtime.bigint() / 1000n);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -60,15 +50,12 @@ const tide = await connect({
   acknowledgeFlushDelay: Number(flushDelay),
 });
 
-// A variable, not a literal: no excess-property error while `group` is not in ChangesOptions yet.
-const options = { consumer, group: true, from: 'beginning' } as const;
 const subscription = tide
-  .events$(table, options)
+  .events$(table, { consumer, group: true, from: 'beginning' })
   .pipe(
     tap((event) => {
-      const kind: string = event.kind;
-      if (kind !== 'group') return;
-      const group = event as unknown as GroupEvent;
+      if (event.kind !== 'group') return;
+      const group = event;
       const us = micros();
       appendFileSync(logFile, `G\t${group.holds.join(',')}\t${group.partitions}\t${group.members}\t${us}\n`);
       send({ type: 'group', holds: [...group.holds], partitions: group.partitions, members: group.members, member: group.member, us });
