@@ -555,7 +555,8 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
       // Another partition's row: skipped before it becomes a change (the pass at the
       // page's end, or the next delivery, covers it).
       if (partition && (row.op === 'i' || row.op === 'u' || row.op === 'd')) {
-        if (partitionOf(row.new ?? row.old!, info.keyColumns, partition.count) !== partition.index) continue;
+        const key = row.keyValues ?? row.new ?? row.old;
+        if (key && partitionOf(key, info.keyColumns, partition.count) !== partition.index) continue;
       }
       this.emit(toItem(row, info), page.positions[index]!, false);
     }

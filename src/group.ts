@@ -78,7 +78,7 @@ class GroupMember<Row> implements RunningStream {
   private balanceAgain = false;
   private retries: RetryDelivery | undefined;
   /** Pages read once for all partitions this member holds. */
-  private readonly pages: SharedPages;
+  private pages: SharedPages | undefined;
   private partitionNames: readonly string[] = [];
 
   constructor(
@@ -88,13 +88,13 @@ class GroupMember<Row> implements RunningStream {
     private readonly subscriber: Subscriber<StreamEvent<Row>>,
   ) {
     this.consumer = options.consumer!;
-    this.pages = new SharedPages(context.reader, () => 2 * Math.max(4, this.held.size));
   }
 
   async run(): Promise<void> {
     try {
       const info = await this.context.prepare(this.table, this.options.columns, () => undefined);
       this.info = info;
+      this.pages = new SharedPages(this.context.reader, info.keyColumns, () => 2 * Math.max(4, this.held.size));
       const requested = typeof this.options.group === 'object' ? this.options.group.partitions : undefined;
       this.partitions = await registerGroup(this.context, this.consumer, info, requested, (db) =>
         startPosition(this.context, info, this.options.from, {}, db),
@@ -244,7 +244,7 @@ class GroupMember<Row> implements RunningStream {
         group: this.consumer,
         index,
         count: this.partitions,
-        pages: this.pages,
+        pages: this.pages!,
         consumers: this.partitionNames,
       });
       held.stream = stream as ChangeStream<unknown>;

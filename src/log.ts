@@ -70,6 +70,8 @@ export interface LogRow {
   readonly columns: readonly string[];
   /** `written_at` as epoch milliseconds: parsing timestamps is a tenth of replay's CPU. */
   readonly written_ms: number;
+  /** The key columns alone, where a reader decoded them first (see `decodePageLazily`). */
+  readonly keyValues?: RowData | null;
 }
 
 /** Whether two positions say the same (as saved: era, snapshots, id). */
@@ -231,6 +233,41 @@ export class LogReader {
     }
     rows.sort((a, b) => compareIds(a.row.id, b.row.id));
     return { rows, next, pending, expired: [...expired] };
+  }
+
+  /**
+   * A fetched page whose rows decode their values when first read; each row's key
+   * columns (`keyValues`) are decoded at once. For a group member's partitions, which
+   * need every row's key but the values of their own rows only.
+   */
+  async decodePageLazily(fetched: FetchedPage, keyColumns: readonly string[]): Promise<LogPage> {
+    const { raw, ...page } = fetched;
+    const shapes = new Set<number>();
+    for (const row of raw) if (row.shape !== null) shapes.add(row.shape);
+    await this.decoder.load(shapes);
+    const decoder = this.decoder;
+    const rows = raw.map((row): LogRow => {
+      let decodedNew: RowData | null | undefined;
+      let decodedOld: RowData | null | undefined;
+      const keyText = row.new ?? row.old;
+      return {
+        id: row.id,
+        txid: row.txid,
+        op: row.op,
+        changed: row.changed,
+        get new() {
+          return (decodedNew ??= decoder.decode(row.new, row.shape));
+        },
+        get old() {
+          return (decodedOld ??= decoder.decode(row.old, row.shape));
+        },
+        shape: row.shape,
+        columns: row.shape === null ? [] : decoder.shape(row.shape).columns,
+        written_ms: row.written_ms,
+        keyValues: keyText === null || row.shape === null ? null : decoder.decodeKey(keyText, row.shape, keyColumns),
+      };
+    });
+    return { ...page, rows };
   }
 
   /** Log rows read by other queries, decoded as pages are. */

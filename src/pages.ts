@@ -89,6 +89,8 @@ export class SharedPages implements PageSource {
 
   constructor(
     private readonly reader: LogReader,
+    /** The table's key columns: rows decode their keys first, their values when read. */
+    private readonly keyColumns: readonly string[],
     private readonly capacity: () => number,
     private readonly lifetime = 10_000,
   ) {}
@@ -113,7 +115,7 @@ export class SharedPages implements PageSource {
   decodePage(fetched: FetchedPage): Promise<LogPage> {
     let page = this.decoded.get(fetched);
     if (!page) {
-      page = this.reader.decodePage(fetched);
+      page = this.reader.decodePageLazily(fetched, this.keyColumns);
       this.decoded.set(fetched, page);
     }
     return page;
