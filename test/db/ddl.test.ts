@@ -40,11 +40,19 @@ describe('DDL on a watched table', () => {
     expect(rows[0].n).toBe(1);
   });
 
-  it('forgets a dropped table', async () => {
+  it('forgets a dropped table; its consumers are still listed, without a table', async () => {
     await db.pool.query(`CREATE TABLE doomed (id int PRIMARY KEY)`);
     await tide.watch('doomed');
+    const consumer = tide.changes$('doomed', { consumer: 'doomed-reader' }).subscribe();
+    const deadline = Date.now() + 10_000;
+    while (!(await tide.consumers()).some((info) => info.name === 'doomed-reader') && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    consumer.unsubscribe();
     await db.pool.query(`DROP TABLE doomed`);
     const { rows } = await db.pool.query(`SELECT table_name FROM pgtide.watched ORDER BY 1`);
     expect(rows).toEqual([{ table_name: 'profiles' }]);
+    expect((await tide.consumers()).find((info) => info.name === 'doomed-reader')).toMatchObject({ table: null, lagChanges: 0 });
+    await tide.dropConsumer('doomed-reader');
   });
 });
