@@ -9,7 +9,8 @@ import type { RetryDelivery } from './deadLetters.js';
 import { PgTideError } from './errors.js';
 import { configureSession, consumerLockKey, consumerLockName, saveConsumerPosition, sessionClient, SessionQueue, type Lease } from './lease.js';
 import type { Position, Queryable } from './log.js';
-import { SharedPages } from './pages.js';
+import { lostConnection, SharedPages } from './pages.js';
+import { backoffDelay, sleep } from './backoff.js';
 import { classifyDatabaseError, inTransaction } from './sql.js';
 import type { Change, ChangesOptions, StreamEvent } from './types.js';
 
@@ -125,29 +126,67 @@ class GroupMember<Row> implements RunningStream {
     const client = sessionClient(this.context.sessions, 'pgtide:group');
     this.client = client;
     this.session = new SessionQueue(client);
-    const lost = (error?: Error) => {
-      if (this.ended) return;
-      this.fail(
-        new PgTideError(
-          'CONSUMER_LEASE_LOST',
-          `the session of consumer group ${JSON.stringify(this.consumer)}'s member was lost${error ? ` (${error.message})` : ''}; ` +
-            'its partitions go to the other members. Resubscribe (for example with retry()) to join again',
-          { consumer: this.consumer },
-          { cause: error },
-        ),
-      );
+    let lost = false;
+    const onLost = (error?: Error) => {
+      if (lost || this.client !== client) return;
+      lost = true;
+      this.sessionLost(error);
     };
-    client.on('error', lost);
-    client.on('end', () => lost());
+    client.on('error', onLost);
+    client.on('end', () => onLost());
     await client.connect();
     await configureSession(client, this.context.sessions.leaseTimeout);
     const { schema } = this.context.sessions;
     await this.query(
       `INSERT INTO ${schema.ident}.group_members (group_name, member, pid, backend_start)
-         SELECT $1, $2, a.pid, a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()`,
+         SELECT $1, $2, a.pid, a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()
+       ON CONFLICT (group_name, member) DO UPDATE SET pid = excluded.pid, backend_start = excluded.backend_start, holds = '{}'`,
       [this.consumer, this.member],
     );
     await this.signalGroup();
+  }
+
+  /**
+   * The member's session is gone (a server restart, say), and with it every partition
+   * lock: stop every partition at once (what was processed and not saved is delivered
+   * again, here or elsewhere), then join again as a new session, retrying while the
+   * database is unreachable (up to `reconnectTimeout`).
+   */
+  private sessionLost(error: Error | undefined): void {
+    if (this.ended || this.stopping) return;
+    this.context.logger.warn(`pgtide: consumer group ${JSON.stringify(this.consumer)}: the member's session was lost; joining again`, {
+      error: error?.message,
+    });
+    this.client = undefined;
+    this.session = undefined;
+    const partitions = [...this.held.values()];
+    this.held.clear();
+    for (const held of partitions) {
+      void held.stream?.teardown(false);
+      held.subscription?.unsubscribe();
+    }
+    this.lastShare = '';
+    this.membership = '';
+    // What was balancing on the lost session may never finish: the next session starts afresh.
+    this.balancing = undefined;
+    this.balanceAgain = false;
+    void (async () => {
+      const since = Date.now();
+      for (let attempt = 1; !this.ended; attempt += 1) {
+        try {
+          await this.join();
+          this.rebalance();
+          return;
+        } catch (failure) {
+          this.client?.end().catch(() => undefined);
+          this.client = undefined;
+          this.session = undefined;
+          const giveUp = lostConnection(failure, since, this.context.reconnectTimeout, `consumer group ${JSON.stringify(this.consumer)}`);
+          if (giveUp) return this.fail(giveUp);
+          await sleep(backoffDelay(attempt));
+        }
+      }
+    })();
   }
 
   private query<R extends object>(text: string, values: readonly unknown[]): Promise<R[]> {
@@ -165,20 +204,26 @@ class GroupMember<Row> implements RunningStream {
       this.balanceAgain = true;
       return;
     }
-    this.balancing = this.balance()
+    const balancing = this.balance()
       .catch((error: unknown) => {
-        if (!this.ended) this.context.logger.warn('pgtide: rebalancing a consumer group failed; trying again', { error: String(error) });
+        if (!this.ended && this.session) {
+          this.context.logger.warn('pgtide: rebalancing a consumer group failed; trying again', { error: String(error) });
+        }
       })
       .finally(() => {
+        // A balancing on a session that was lost meanwhile is no longer the current one.
+        if (this.balancing !== balancing) return;
         this.balancing = undefined;
         if (this.balanceAgain) {
           this.balanceAgain = false;
           this.rebalance();
         }
       });
+    this.balancing = balancing;
   }
 
   private async balance(): Promise<void> {
+    if (!this.session) return;
     const { schema } = this.context.sessions;
     const live = `EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = m.pid AND a.backend_start = m.backend_start)`;
     const rows = await this.query<{ member: string }>(
@@ -273,7 +318,7 @@ class GroupMember<Row> implements RunningStream {
 
   /** The partition's stream ended (drained, or the member ends): unlock it for the next holder. */
   private async unlock(index: number): Promise<void> {
-    if (!this.held.delete(index) || !this.client || this.stopping) return;
+    if (!this.held.delete(index) || !this.session || this.stopping) return;
     const { schema } = this.context.sessions;
     try {
       await this.query(`SELECT pg_advisory_unlock(${consumerLockKey})`, [consumerLockName(schema, partitionName(this.consumer, index))]);
