@@ -5,7 +5,7 @@
  * close the Tide.
  */
 import type { Subscription } from 'rxjs';
-import { PgTideError, type Tide } from '../../src/index.js';
+import { connect, PgTideError, type Tide } from '../../src/index.js';
 
 /** Sends a message to the parent over IPC, stamped with the time it was sent (`at`). */
 export const send = (message: Record<string, unknown>): void => {
@@ -35,4 +35,24 @@ export function stopOnRequest(subscription: Subscription, tide: Tide): void {
     if (message === 'stop') void stop();
   });
   process.on('SIGTERM', () => void stop());
+}
+
+/**
+ * Connects a child's Tide: warnings tagged with the child's pid, no background prune,
+ * the lease timeout and flush delay the test chose.
+ */
+export function connectChild(url: string, tag: string, leaseTimeout: number, acknowledgeFlushDelay: number): Promise<Tide> {
+  const prefix = `[${tag} ${process.pid}]`;
+  return connect({
+    connectionString: url,
+    logger: {
+      debug: () => undefined,
+      info: () => undefined,
+      warn: (message: string, meta?: Record<string, unknown>) => console.warn(prefix, message, meta ?? ''),
+      error: (message: string, meta?: Record<string, unknown>) => console.error(prefix, message, meta ?? ''),
+    },
+    pruneInterval: 0,
+    leaseTimeout,
+    acknowledgeFlushDelay,
+  });
 }

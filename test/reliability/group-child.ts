@@ -23,8 +23,7 @@
 import { appendFileSync } from 'node:fs';
 import { filter, map, tap } from 'rxjs';
 import { processChanges } from '../../operators/processChanges.js';
-import { connect } from '../../src/index.js';
-import { reportStreamError, send, stopOnRequest } from './child-ipc.js';
+import { connectChild, reportStreamError, send, stopOnRequest } from './child-ipc.js';
 
 const [url, logFile, table, consumer, leaseTimeout, flushDelay] = process.argv.slice(2);
 if (!url || !logFile || !table || !consumer || !leaseTimeout || !flushDelay) {
@@ -35,20 +34,7 @@ if (!url || !logFile || !table || !consumer || !leaseTimeout || !flushDelay) {
 const micros = (): number => Number(process.hrtime.bigint() / 1000n);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-const quiet = {
-  debug: () => undefined,
-  info: () => undefined,
-  warn: (message: string, meta?: Record<string, unknown>) => console.warn(`[group child ${process.pid}]`, message, meta ?? ''),
-  error: (message: string, meta?: Record<string, unknown>) => console.error(`[group child ${process.pid}]`, message, meta ?? ''),
-};
-
-const tide = await connect({
-  connectionString: url,
-  logger: quiet,
-  pruneInterval: 0,
-  leaseTimeout: Number(leaseTimeout),
-  acknowledgeFlushDelay: Number(flushDelay),
-});
+const tide = await connectChild(url, 'group child', Number(leaseTimeout), Number(flushDelay));
 
 const subscription = tide
   .events$(table, { consumer, group: true, from: 'beginning' })

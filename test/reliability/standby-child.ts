@@ -20,8 +20,7 @@
 import { appendFileSync } from 'node:fs';
 import { concatMap, filter, map, tap, timer } from 'rxjs';
 import { acknowledge } from '../../operators/acknowledge.js';
-import { connect } from '../../src/index.js';
-import { reportStreamError, send, stopOnRequest } from './child-ipc.js';
+import { connectChild, reportStreamError, send, stopOnRequest } from './child-ipc.js';
 
 const [url, outFile, table, consumer, leaseTimeout, flushDelay] = process.argv.slice(2);
 if (!url || !outFile || !table || !consumer || !leaseTimeout || !flushDelay) {
@@ -29,20 +28,7 @@ if (!url || !outFile || !table || !consumer || !leaseTimeout || !flushDelay) {
   process.exit(2);
 }
 
-const quiet = {
-  debug: () => undefined,
-  info: () => undefined,
-  warn: (message: string, meta?: Record<string, unknown>) => console.warn(`[child ${process.pid}]`, message, meta ?? ''),
-  error: (message: string, meta?: Record<string, unknown>) => console.error(`[child ${process.pid}]`, message, meta ?? ''),
-};
-
-const tide = await connect({
-  connectionString: url,
-  logger: quiet,
-  pruneInterval: 0,
-  leaseTimeout: Number(leaseTimeout),
-  acknowledgeFlushDelay: Number(flushDelay),
-});
+const tide = await connectChild(url, 'child', Number(leaseTimeout), Number(flushDelay));
 
 let active = false;
 const becameActive = () => {
