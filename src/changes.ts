@@ -443,18 +443,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
   /** Emits a retried dead letter through this stream's filter and schema. */
   private emitRetried(change: Change): boolean {
     if (this.ended) return false;
-    const selected = this.select!(change);
-    if (!selected) return false;
-    let typed: Change<Row>;
-    try {
-      typed = withRowSchema(selected, this.options.schema);
-    } catch (error) {
-      this.fail(new RowValidationError(change.id, this.info!.qualified, error));
-      return false;
-    }
-    carryDelivery(change, typed);
-    this.subscriber.next({ kind: 'change', change: typed });
-    return true;
+    return emitRetried(change, this.select!, this.options, this.info!, this.subscriber, (error) => this.fail(error));
   }
 
   /** Where the stream starts without a saved position (a consumer's first run). */
@@ -601,6 +590,33 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
   }
 }
 
+/**
+ * Emits a retried dead letter (see `RetryDelivery`) as the stream emits its changes:
+ * through its filter and projection, validated by its schema, tied to the retry's
+ * delivery. False if the stream skips it (or failed validating it).
+ */
+export function emitRetried<Row>(
+  change: Change,
+  select: (change: Change) => Change | undefined,
+  options: ChangesOptions<Row>,
+  info: TableInfo,
+  subscriber: Subscriber<StreamEvent<Row>>,
+  fail: (error: unknown) => void,
+): boolean {
+  const selected = select(change);
+  if (!selected) return false;
+  let typed: Change<Row>;
+  try {
+    typed = withRowSchema(selected, options.schema);
+  } catch (error) {
+    fail(new RowValidationError(change.id, info.qualified, error));
+    return false;
+  }
+  carryDelivery(change, typed);
+  subscriber.next({ kind: 'change', change: typed });
+  return true;
+}
+
 /** Where a stream (or a consumer, on its first run) starts: `resume.after`, else `from`. */
 export async function startPosition(
   context: StreamContext,
@@ -677,7 +693,7 @@ export function rowIdValues(info: TableInfo, rowId: unknown): Record<string, unk
  * The per-stream filter and projection: rowId, columns, field. Returns the change to
  * emit, or undefined to skip it.
  */
-function selector<Row>(
+export function selector<Row>(
   info: TableInfo,
   options: ChangesOptions<Row>,
   rowKey: string | undefined,

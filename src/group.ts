@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import type pg from 'pg';
 import { Observable, type Subscriber, type Subscription } from 'rxjs';
 import type { TableInfo } from './catalog.js';
-import { ChangeStream, startPosition, trackedStream, type RunningStream, type StreamContext } from './changes.js';
+import { ChangeStream, emitRetried, selector, startPosition, trackedStream, type RunningStream, type StreamContext } from './changes.js';
 import { positionValues } from './consumers.js';
 import type { RetryDelivery } from './deadLetters.js';
 import { PgTideError } from './errors.js';
@@ -78,6 +78,7 @@ class GroupMember<Row> implements RunningStream {
   private balancing: Promise<void> | undefined;
   private balanceAgain = false;
   private retries: RetryDelivery | undefined;
+  private retrySelect: ((change: Change) => Change | undefined) | undefined;
   /** Pages read once for all partitions this member holds. */
   private pages: SharedPages | undefined;
   private partitionNames: readonly string[] = [];
@@ -380,10 +381,11 @@ class GroupMember<Row> implements RunningStream {
     }
   }
 
+  /** A retried dead letter: any member delivers it, through the group's columns and schema. */
   private emitRetried(change: Change): boolean {
     if (this.ended) return false;
-    this.subscriber.next({ kind: 'change', change: change as Change<Row> });
-    return true;
+    this.retrySelect ??= selector(this.info!, this.options, undefined);
+    return emitRetried(change, this.retrySelect, this.options, this.info!, this.subscriber, (error) => this.fail(error));
   }
 
   async complete(flush: boolean): Promise<void> {

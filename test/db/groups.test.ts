@@ -1,5 +1,6 @@
 import { filter, map, tap } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { processChanges } from '../../operators/processChanges.js';
 import type { Change, GroupShare, StreamEvent, Tide } from '../../src/index.js';
 import { createTestDatabase, eventually, type TestDatabase } from '../helpers.js';
@@ -140,6 +141,35 @@ describe('consumer groups', () => {
     expect((await a.tide.consumers()).some((consumer) => consumer.name.startsWith('reporting/'))).toBe(false);
     a.stop();
     b.stop();
+  });
+
+  it('delivers a retried dead letter through a member, validated by the group\'s schema like every change', async () => {
+    await db.pool.query('CREATE TABLE accounts (id int8 PRIMARY KEY, balance int8 NOT NULL)');
+    const tide = await db.tide({ pruneInterval: 0, acknowledgeFlushDelay: 10 });
+    const schema = z.object({ id: z.coerce.number(), balance: z.coerce.number() });
+    const seen: Array<{ id: unknown; balance: unknown }> = [];
+    let failing = true;
+    const member = tide
+      .changes$('accounts', { consumer: 'ledger', group: { partitions: 2 }, schema })
+      .pipe(
+        processChanges(
+          (change) => {
+            seen.push(change.new!);
+            return failing ? Promise.reject(new Error('ledger closed')) : Promise.resolve();
+          },
+          { attempts: 1 },
+        ),
+      )
+      .subscribe();
+    await sleep(500);
+    await db.pool.query('INSERT INTO accounts VALUES (1, 100)');
+    await eventually(async () => (await tide.deadLetters('ledger')).length === 1, 'a dead letter');
+    failing = false;
+    expect(await tide.retryDeadLetters('ledger')).toBe(1);
+    await eventually(async () => (await tide.deadLetters('ledger')).length === 0, 'retried and removed');
+    // int8 comes from pg as a string; the schema makes it a number, for the retry too.
+    expect(seen).toEqual([{ id: 1, balance: 100 }, { id: 1, balance: 100 }]);
+    member.unsubscribe();
   });
 
   it('refuses a partition count other than the group\'s, a group of another table, and names plain consumers have', async () => {
