@@ -191,24 +191,22 @@ function buildProgram(): Command {
         ),
       );
     }));
-  deadLetters
-    .command('retry')
-    .description("deliver dead letters again through the consumer's running stream (all, or the ids given)")
-    .argument('<consumer>', 'the consumer or group')
-    .argument('[ids...]', 'dead letter ids (#n in the list)')
-    .action(withSession(program, { install: false }, async (session, consumer: string, ids: string[]) => {
-      const count = await session.tide.retryDeadLetters(consumer, ids.length > 0 ? ids.map(stripHash) : undefined);
-      say(`pgtide: asked to retry ${count} dead letter${count === 1 ? '' : 's'} of ${JSON.stringify(consumer)}`);
-    }));
-  deadLetters
-    .command('drop')
-    .description('remove dead letters (all, or the ids given); their changes may then be pruned')
-    .argument('<consumer>', 'the consumer or group')
-    .argument('[ids...]', 'dead letter ids (#n in the list)')
-    .action(withSession(program, { install: false }, async (session, consumer: string, ids: string[]) => {
-      const count = await session.tide.dropDeadLetters(consumer, ids.length > 0 ? ids.map(stripHash) : undefined);
-      say(`pgtide: dropped ${count} dead letter${count === 1 ? '' : 's'} of ${JSON.stringify(consumer)}`);
-    }));
+  const onSelected = [
+    ['retry', "deliver dead letters again through the consumer's running stream (all, or the ids given)", 'asked to retry'],
+    ['drop', 'remove dead letters (all, or the ids given); their changes may then be pruned', 'dropped'],
+  ] as const;
+  for (const [verb, description, done] of onSelected) {
+    deadLetters
+      .command(verb)
+      .description(description)
+      .argument('<consumer>', 'the consumer or group')
+      .argument('[ids...]', 'dead letter ids (#n in the list)')
+      .action(withSession(program, { install: false }, async (session, consumer: string, ids: string[]) => {
+        const selected = ids.length > 0 ? ids.map(stripHash) : undefined;
+        const count = await (verb === 'retry' ? session.tide.retryDeadLetters(consumer, selected) : session.tide.dropDeadLetters(consumer, selected));
+        say(`pgtide: ${done} ${count} dead letter${count === 1 ? '' : 's'} of ${JSON.stringify(consumer)}`);
+      }));
+  }
 
   return program;
 }
