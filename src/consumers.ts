@@ -63,6 +63,14 @@ export interface PruneResult {
 }
 
 /** Lock key shared by prune (exclusive) and consumer registration (shared). */
+/**
+ * Takes the prune lock shared, in `client`'s transaction: what registers consumers (and
+ * computes their start) holds it, so a prune cannot run in between.
+ */
+export async function holdPruneShared(client: Queryable, schema: SchemaNames): Promise<void> {
+  await client.query('SELECT pg_advisory_xact_lock_shared(hashtext($1))', [pruneLock(schema)]);
+}
+
 const pruneLock = (schema: SchemaNames) => `pgtide:prune:${schema.name}`;
 
 /**
@@ -79,7 +87,7 @@ export async function registerConsumer(
   start: (db: Queryable) => Promise<Position>,
 ): Promise<void> {
   await inTransaction(pool, async (client) => {
-    await client.query('SELECT pg_advisory_xact_lock_shared(hashtext($1))', [pruneLock(schema)]);
+    await holdPruneShared(client, schema);
     const position = await start(client);
     await client.query(
       `INSERT INTO ${schema.ident}.consumers (name, relids, era, base, upto, after_id) VALUES ($1, $2, $3, $4, $5, $6)

@@ -4,7 +4,7 @@ import type pg from 'pg';
 import { Observable, type Subscriber, type Subscription } from 'rxjs';
 import type { TableInfo } from './catalog.js';
 import { ChangeStream, emitRetried, selector, startPosition, trackedStream, type RunningStream, type StreamContext } from './changes.js';
-import { positionValues } from './consumers.js';
+import { holdPruneShared, positionValues } from './consumers.js';
 import type { RetryDelivery } from './deadLetters.js';
 import { PgTideError } from './errors.js';
 import { configureSession, consumerLockKey, consumerLockName, saveConsumerPosition, sessionClient, SessionQueue, type Lease } from './lease.js';
@@ -242,7 +242,7 @@ class GroupMember<Row> implements RunningStream {
       if (Math.floor((index * members.length) / this.partitions) === me) desired.add(index);
     }
     for (const [index, held] of this.held) {
-      if (!desired.has(index) && !held.draining) void this.giveUp(index, held);
+      if (!desired.has(index) && !held.draining) void this.giveUp(held);
     }
     const membership = members.join('\u0000');
     if (membership !== this.membership) {
@@ -275,7 +275,7 @@ class GroupMember<Row> implements RunningStream {
     this.held.set(index, held);
     const lease: Lease = {
       acquire: () => Promise.resolve(!this.ended),
-      // The whole member fails when its session goes (see join).
+      // The member's session is every partition's: losing it stops them all (see sessionLost).
       onLost: () => undefined,
       save: (position: Position) => saveConsumerPosition(this.session!, schema, name, position),
       query: (text, values) => this.query(text, values),
@@ -308,7 +308,7 @@ class GroupMember<Row> implements RunningStream {
   }
 
   /** Drains a partition that another member should hold now, then lets it go. */
-  private async giveUp(index: number, held: HeldPartition): Promise<void> {
+  private async giveUp(held: HeldPartition): Promise<void> {
     held.draining = true;
     try {
       await held.stream?.drain();
@@ -443,7 +443,7 @@ async function registerGroup(
 ): Promise<number> {
   const { pool, schema } = context.sessions;
   return inTransaction(pool, async (client) => {
-    await client.query('SELECT pg_advisory_xact_lock_shared(hashtext($1))', [`pgtide:prune:${schema.name}`]);
+    await holdPruneShared(client, schema);
     const created = await client.query(
       `INSERT INTO ${schema.ident}.groups (name, relid, partitions) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING 1`,
       [name, info.relid, requested ?? defaultPartitions],
