@@ -11,7 +11,7 @@ import type { FeedMember, Hub } from './hub.js';
 import { backoffDelay, sleep } from './backoff.js';
 import { lostConnection, readPages, type PageSource } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
-import { atOrAfter, isDelivered, NOTHING_VISIBLE, samePosition, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
+import { atOrAfter, inPartition, isDelivered, NOTHING_VISIBLE, samePosition, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
 import type { Change, ChangesOptions, Logger, RowData, StartFrom, StreamEvent } from './types.js';
 
 /** What a stream needs from its Tide. */
@@ -291,7 +291,8 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
     private readonly options: ChangesOptions<Row>,
     subscriber: Subscriber<StreamEvent<Row>>,
     private readonly resume: ResumePoint,
-    private readonly partition?: PartitionRole,
+    /** The group partition this stream reads for (see group.ts). */
+    readonly partition?: PartitionRole,
   ) {
     super(subscriber, options.consumer);
     this.maxInFlight = options.maxInFlight ?? defaultMaxInFlight;
@@ -323,7 +324,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
 
   /** Durable rowId streams follow the feed's position past other rows (see `passed`). */
   get followsPositions(): boolean {
-    return this.ledger !== undefined && this.rowKey !== undefined;
+    return this.ledger !== undefined && (this.rowKey !== undefined || this.partition !== undefined);
   }
 
   /** The feed read past this position: nothing of this stream's row was before it. */
@@ -342,7 +343,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
         selector(described, this.options, undefined);
       });
       if (keyValues) this.rowKey = rowKeyString(info.keyColumns, await this.context.canonicalKey(info, keyValues));
-      this.select = selector(info, this.options, this.rowKey, this.partition);
+      this.select = selector(info, this.options, this.rowKey);
       this.info = info;
       const consumer = this.options.consumer;
       if (consumer === undefined) {
@@ -541,12 +542,9 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
     for (let index = 0; index < page.rows.length; index += 1) {
       if (this.ended) return false;
       const row = page.rows[index]!;
-      // Another partition's row: skipped before it becomes a change (the pass at the
-      // page's end, or the next delivery, covers it).
-      if (partition && (row.op === 'i' || row.op === 'u' || row.op === 'd')) {
-        const key = row.keyValues ?? row.new ?? row.old;
-        if (key && partitionOf(key, info.keyColumns, partition.count) !== partition.index) continue;
-      }
+      // Another partition the member holds reads it (the pass at the page's end, or the
+      // next delivery, covers it).
+      if (partition && !inPartition(partition, row)) continue;
       this.emit(toItem(row, info), page.positions[index]!, false);
     }
     if (this.ended) return false;
@@ -641,28 +639,6 @@ export async function startPosition(
   return found;
 }
 
-/** Each row's partition, remembered: a member's partitions see the same row objects (shared pages, the feed). */
-const partitions = new WeakMap<object, { readonly count: number; readonly index: number }>();
-
-/**
- * The partition (of `count`) of the row with these key values (a row, or a change's
- * key): FNV-1a of its key string, the same in every process whose pool parses the key
- * columns alike (the key string does not depend on whether a number came as a string).
- */
-export function partitionOf(values: Readonly<Record<string, unknown>>, keyColumns: readonly string[], count: number): number {
-  const known = partitions.get(values);
-  if (known?.count === count) return known.index;
-  const key = rowKeyString(keyColumns, values);
-  let hash = 0x811c9dc5;
-  for (let index = 0; index < key.length; index += 1) {
-    hash ^= key.charCodeAt(index);
-    hash = Math.imul(hash, 0x01000193);
-  }
-  const index = (hash >>> 0) % count;
-  partitions.set(values, { count, index });
-  return index;
-}
-
 /** Values of the key columns named by a `rowId` option. */
 export function rowIdValues(info: TableInfo, rowId: unknown): Record<string, unknown> {
   if (info.keyColumns.length === 1) {
@@ -697,7 +673,6 @@ export function selector<Row>(
   info: TableInfo,
   options: ChangesOptions<Row>,
   rowKey: string | undefined,
-  partition?: PartitionRole,
 ): (change: Change) => Change | undefined {
   // `columns` is checked against the table by the Tide's prepare(), for every stream kind.
   if (options.field !== undefined) assertColumns(info, [options.field], 'field');
@@ -707,7 +682,6 @@ export function selector<Row>(
     // A TRUNCATE removes every row: each stream of the table hears of it.
     if (change.op === 'truncate') return change;
     if (rowKey !== undefined && rowKeyString(info.keyColumns, change.key) !== rowKey) return undefined;
-    if (partition && partitionOf(change.key, info.keyColumns, partition.count) !== partition.index) return undefined;
     return watched && keep ? selectColumns(change, watched, keep) : change;
   };
 }

@@ -55,22 +55,6 @@ export class RowDecoder {
     return known.shape;
   }
 
-  /**
-   * Only the key columns of a logged row (see `load`): what a consumer group member
-   * needs of another partition's rows, without parsing every value.
-   */
-  decodeKey(text: string, shapeId: number, keyColumns: readonly string[]): RowData {
-    const known = this.shapes.get(shapeId)!;
-    const fields = parseRecord(text);
-    const key: RowData = {};
-    for (const column of keyColumns) {
-      const index = known.shape.columns.indexOf(column);
-      const field = index < 0 ? null : fields[index] ?? null;
-      key[column] = field === null ? null : known.parsers[index]!(field);
-    }
-    return key;
-  }
-
   /** A logged row, record text in its shape (see `load`). */
   decode(text: string | null, shapeId: number | null): RowData | null {
     if (text === null || shapeId === null) return null;

@@ -22,7 +22,7 @@ export const defaultPartitions = 16;
  * members that start together (or one after the other) settle on one split instead of
  * taking partitions only to hand most of them over, and read again, a moment later.
  */
-const settleTime = 150;
+const settleTime = 50;
 
 /** The consumer name of a group's partition. */
 export function partitionName(group: string, index: number): string {
@@ -96,7 +96,11 @@ class GroupMember<Row> implements RunningStream {
     try {
       const info = await this.context.prepare(this.table, this.options.columns, () => undefined);
       this.info = info;
-      this.pages = new SharedPages(this.context.reader, info.keyColumns, () => 2 * Math.max(4, this.held.size));
+      this.pages = new SharedPages(
+        this.context.reader,
+        () => ({ count: this.partitions, held: [...this.held.keys()] }),
+        () => 2 * Math.max(4, this.held.size),
+      );
       const requested = typeof this.options.group === 'object' ? this.options.group.partitions : undefined;
       this.partitions = await registerGroup(this.context, this.consumer, info, requested, (db) =>
         startPosition(this.context, info, this.options.from, {}, db),

@@ -2,13 +2,15 @@ import type { TableInfo } from './catalog.js';
 import { isSchemaChange, rowKeyString, toItem, type LogItem } from './change.js';
 import { expiredError } from './consumers.js';
 import { lostConnection, readPages } from './pages.js';
-import type { LogReader, Position } from './log.js';
+import { inPartition, type LogReader, type LogRow, type Position } from './log.js';
 import type { Logger } from './types.js';
 
 /** A stream attached to a table's shared feed. */
 export interface FeedMember {
   /** When set, the member only wants rows with this key (see `rowKeyString`). */
   readonly rowKey?: string;
+  /** When set, the member only wants the rows of this consumer group partition (see `inPartition`). */
+  readonly partition?: { readonly count: number; readonly index: number } | undefined;
   receive(item: LogItem, position: Position): void;
   /**
    * Whether a `rowKey` member wants to hear how far the feed read (`passed`): a durable
@@ -66,6 +68,7 @@ export class PendingBackoff {
  */
 export class TableFeed {
   private readonly everyRow = new Set<FeedMember>();
+  private readonly partitioned = new Set<FeedMember>();
   private readonly byKey = new Map<string, Set<FeedMember>>();
   private readonly positionFollowers = new Set<FeedMember>();
   private readonly consumerMembers = new Map<string, Set<FeedMember>>();
@@ -97,17 +100,15 @@ export class TableFeed {
   }
 
   get size(): number {
-    return this.everyRow.size + this.byKey.size;
+    return this.everyRow.size + this.byKey.size + this.partitioned.size;
   }
 
   add(member: FeedMember): void {
     if (member.durableConsumer !== undefined) addTo(this.consumerMembers, member.durableConsumer, member);
-    if (member.rowKey === undefined) {
-      this.everyRow.add(member);
-    } else {
-      addTo(this.byKey, member.rowKey, member);
-      if (member.followsPositions) this.positionFollowers.add(member);
-    }
+    if (member.partition) this.partitioned.add(member);
+    else if (member.rowKey === undefined) this.everyRow.add(member);
+    else addTo(this.byKey, member.rowKey, member);
+    if (member.followsPositions) this.positionFollowers.add(member);
     // The first member may have replayed up to a snapshot older than a wake-up that
     // went to nobody: look at once rather than at the next poll.
     if (this.size === 1) this.nudge();
@@ -115,12 +116,10 @@ export class TableFeed {
 
   remove(member: FeedMember): void {
     if (member.durableConsumer !== undefined) removeFrom(this.consumerMembers, member.durableConsumer, member);
-    if (member.rowKey === undefined) {
-      this.everyRow.delete(member);
-    } else {
-      removeFrom(this.byKey, member.rowKey, member);
-      this.positionFollowers.delete(member);
-    }
+    if (member.partition) this.partitioned.delete(member);
+    else if (member.rowKey === undefined) this.everyRow.delete(member);
+    else removeFrom(this.byKey, member.rowKey, member);
+    this.positionFollowers.delete(member);
     if (this.size === 0) this.stop();
   }
 
@@ -149,7 +148,9 @@ export class TableFeed {
 
   /** Fails every member (reads gave up) and stops. */
   fail(error: unknown): void {
-    for (const member of [...this.everyRow, ...[...this.byKey.values()].flatMap((set) => [...set])]) member.fail(error);
+    for (const member of [...this.everyRow, ...this.partitioned, ...[...this.byKey.values()].flatMap((set) => [...set])]) {
+      member.fail(error);
+    }
     this.stop();
   }
 
@@ -167,6 +168,7 @@ export class TableFeed {
     try {
       do {
         this.again = false;
+        let unhashed = false;
         const result = await readPages(this.cursor, {
           reader: this.settings.reader,
           relid: this.table.relid,
@@ -177,14 +179,21 @@ export class TableFeed {
           limit: () => this.settings.pageSize,
           readAhead: true,
           consumers: () => [...this.consumerMembers.keys()],
+          keys: () => (this.partitioned.size > 0 ? 'hash' : undefined),
           stopped: () => this.stopped,
           deliver: (page) => {
+            // Read before a group partition joined: without key hashes, read it again.
+            if (this.partitioned.size > 0 && !page.keyHashes) {
+              unhashed = true;
+              return false;
+            }
             for (const consumer of page.expired) {
               const error = expiredError(consumer, new Date());
               for (const member of [...(this.consumerMembers.get(consumer) ?? [])]) member.fail(error);
             }
             for (let index = 0; index < page.rows.length; index += 1) {
-              this.dispatch(toItem(page.rows[index]!, this.table), page.positions[index]!);
+              const row = page.rows[index]!;
+              this.dispatch(row, toItem(row, this.table), page.positions[index]!);
             }
             this.cursor = page.next;
             for (const member of this.positionFollowers) member.passed!(page.next);
@@ -192,7 +201,11 @@ export class TableFeed {
             return true;
           },
         });
-        if (!result) return;
+        if (!result) {
+          if (!unhashed || this.stopped) return;
+          this.again = true;
+          continue;
+        }
         pending = result.pending;
       } while (this.again && !this.stopped);
     } catch (error) {
@@ -214,8 +227,9 @@ export class TableFeed {
   }
 
 
-  private dispatch(item: LogItem, position: Position): void {
+  private dispatch(row: LogRow, item: LogItem, position: Position): void {
     for (const member of this.everyRow) member.receive(item, position);
+    for (const member of this.partitioned) if (inPartition(member.partition!, row)) member.receive(item, position);
     if (this.byKey.size === 0) return;
     if (isSchemaChange(item) || item.op === 'truncate') {
       // Every row's stream hears of it.

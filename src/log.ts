@@ -70,8 +70,28 @@ export interface LogRow {
   readonly columns: readonly string[];
   /** `written_at` as epoch milliseconds: parsing timestamps is a tenth of replay's CPU. */
   readonly written_ms: number;
-  /** The key columns alone, where a reader decoded them first (see `decodePageLazily`). */
-  readonly keyValues?: RowData | null;
+  /**
+   * The hash of the row's key fields as logged (migration 6), where the read asked for
+   * it (`LogPage.keyHashes`), else null; non-negative; null for truncates and schema
+   * changes, which have no key. A group partition of `count` holds the rows whose hash
+   * modulo `count` is its index.
+   */
+  readonly key_hash: number | null;
+}
+
+/**
+ * Key hashes a page read asks for (see `LogRow.key_hash`): every row's (`'hash'`), or,
+ * with `parts`, only the rows of those partitions (of `count`) are read at all.
+ */
+export type KeyHashing = 'hash' | { readonly count: number; readonly parts: readonly number[] };
+
+/**
+ * Whether a row read with key hashes is the partition's (of `count`): rows without a
+ * key (truncates, schema changes) are every partition's.
+ */
+export function inPartition(partition: { readonly count: number; readonly index: number }, row: Pick<LogRow, 'op' | 'key_hash'>): boolean {
+  if (row.op !== 'i' && row.op !== 'u' && row.op !== 'd') return true;
+  return (row.key_hash ?? 0) % partition.count === partition.index;
 }
 
 /** Whether two positions say the same (as saved: era, snapshots, id). */
@@ -101,6 +121,8 @@ export interface LogPage {
   readonly pending: boolean;
   /** Of the consumers the page was read for, those expired or dropped at its snapshot. */
   readonly expired: readonly string[];
+  /** Whether its rows carry their key hashes (see `KeyHashing`). */
+  readonly keyHashes: boolean;
 }
 
 /** A page as read, its rows still record text (see {@link LogReader.fetch}). */
@@ -123,7 +145,7 @@ export class LogReader {
     schema: SchemaNames,
   ) {
     this.decoder = new RowDecoder(pool, schema);
-    this.pageQuery = `SELECT * FROM ${schema.ident}.read_batch($1, $2, $3, $4, $5, $6, $7, $8)`;
+    this.pageQuery = `SELECT * FROM ${schema.ident}.read_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`;
     this.pageQueryName = preparedName(this.pageQuery);
     this.newsQuery = `SELECT array(SELECT relid::int8 FROM ${schema.ident}.tables_with_news($1::oid[], $2::pg_snapshot[]) relid)::text[] AS relids,
                              (SELECT max(era) FROM ${schema.ident}.eras) AS era`;
@@ -158,6 +180,7 @@ export class LogReader {
     limit: number,
     checkPending = false,
     consumers?: readonly string[],
+    keys?: KeyHashing,
   ): Promise<FetchedPage> {
     const { rows } = await this.pool.query<RawRow & { snapshot: string; closed: boolean; pending: boolean; expired: string[] | null }>({
       name: this.pageQueryName,
@@ -171,6 +194,9 @@ export class LogReader {
         limit,
         checkPending,
         consumers && consumers.length > 0 ? consumers : null,
+        keys !== undefined,
+        typeof keys === 'object' ? keys.count : null,
+        typeof keys === 'object' ? keys.parts : null,
       ],
     });
     const first = rows[0]!;
@@ -179,7 +205,7 @@ export class LogReader {
     if (!first.closed && !position.upto && upto.xmax < position.base.xmax) {
       // The xid counter went back (a failover to a standby that had not replayed
       // everything): later xids would look delivered. Forget what the base claims above it.
-      return this.fetch(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending, consumers);
+      return this.fetch(relid, { ...position, base: clampSnapshot(position.base, upto.xmax) }, limit, checkPending, consumers, keys);
     }
     const { era, base } = position;
     const positions = found.map((row): Position => ({ era, base, upto, afterId: BigInt(row.id) }));
@@ -189,7 +215,15 @@ export class LogReader {
     // A batch that ends in a closed era leaves the rest of that era to read first.
     else if (first.closed && !position.upto) next = { era: era + 1, base: NOTHING_VISIBLE };
     else next = { era, base: upto };
-    return { raw: found, positions, next, full: full || first.closed, pending: first.pending, expired: first.expired ?? [] };
+    return {
+      raw: found,
+      positions,
+      next,
+      full: full || first.closed,
+      pending: first.pending,
+      expired: first.expired ?? [],
+      keyHashes: keys !== undefined,
+    };
   }
 
   /** A fetched page with its rows decoded as the pool would return them. */
@@ -235,41 +269,6 @@ export class LogReader {
     return { rows, next, pending, expired: [...expired] };
   }
 
-  /**
-   * A fetched page whose rows decode their values when first read; each row's key
-   * columns (`keyValues`) are decoded at once. For a group member's partitions, which
-   * need every row's key but the values of their own rows only.
-   */
-  async decodePageLazily(fetched: FetchedPage, keyColumns: readonly string[]): Promise<LogPage> {
-    const { raw, ...page } = fetched;
-    const shapes = new Set<number>();
-    for (const row of raw) if (row.shape !== null) shapes.add(row.shape);
-    await this.decoder.load(shapes);
-    const decoder = this.decoder;
-    const rows = raw.map((row): LogRow => {
-      let decodedNew: RowData | null | undefined;
-      let decodedOld: RowData | null | undefined;
-      const keyText = row.new ?? row.old;
-      return {
-        id: row.id,
-        txid: row.txid,
-        op: row.op,
-        changed: row.changed,
-        get new() {
-          return (decodedNew ??= decoder.decode(row.new, row.shape));
-        },
-        get old() {
-          return (decodedOld ??= decoder.decode(row.old, row.shape));
-        },
-        shape: row.shape,
-        columns: row.shape === null ? [] : decoder.shape(row.shape).columns,
-        written_ms: row.written_ms,
-        keyValues: keyText === null || row.shape === null ? null : decoder.decodeKey(keyText, row.shape, keyColumns),
-      };
-    });
-    return { ...page, rows };
-  }
-
   /** Log rows read by other queries, decoded as pages are. */
   decodeRows(rows: readonly RawRow[]): Promise<LogRow[]> {
     return this.decode(rows);
@@ -290,6 +289,7 @@ export class LogReader {
         shape: row.shape,
         columns: row.shape === null ? [] : this.decoder.shape(row.shape).columns,
         written_ms: row.written_ms,
+        key_hash: row.key_hash ?? null,
       }),
     );
   }
@@ -333,7 +333,11 @@ export class LogReader {
 }
 
 /** A log row as the page query returns it, its rows still record text. */
-export type RawRow = Omit<LogRow, 'new' | 'old' | 'columns'> & { readonly new: string | null; readonly old: string | null };
+export type RawRow = Omit<LogRow, 'new' | 'old' | 'columns' | 'key_hash'> & {
+  readonly new: string | null;
+  readonly old: string | null;
+  readonly key_hash?: number | null;
+};
 
 /** A batch of several tables (see `LogReader.batch`). */
 export interface Batch {

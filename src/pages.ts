@@ -1,6 +1,6 @@
 import { backoffDelay, sleep } from './backoff.js';
 import { PgTideError } from './errors.js';
-import type { FetchedPage, LogPage, LogReader, Position } from './log.js';
+import type { FetchedPage, KeyHashing, LogPage, LogReader, Position } from './log.js';
 import { classifyDatabaseError, isTransient } from './sql.js';
 import type { Logger } from './types.js';
 
@@ -27,6 +27,8 @@ export interface PageLoop {
   readonly readAhead: boolean;
   /** The durable consumers the pages are read for (see `LogPage.expired`). */
   readonly consumers?: () => readonly string[];
+  /** Whether (and for which partitions) the pages carry key hashes (see `KeyHashing`). */
+  readonly keys?: () => KeyHashing | undefined;
   /** Takes one page; returns false to stop reading. */
   deliver(page: LogPage): boolean;
   /** Whether the reader has gone away: stop quietly. */
@@ -45,7 +47,7 @@ export async function readPages(from: Position, loop: PageLoop): Promise<{ posit
   let failingSince: number | undefined;
   let ahead: Promise<FetchedPage> | undefined;
   const fetch = async (at: Position): Promise<FetchedPage> =>
-    loop.reader.fetch(loop.relid, at, await loop.limit(), loop.checkPending, loop.consumers?.());
+    loop.reader.fetch(loop.relid, at, await loop.limit(), loop.checkPending, loop.consumers?.(), loop.keys?.());
   for (let attempt = 1; ; ) {
     if (loop.stopped()) return undefined;
     let page: LogPage;
@@ -76,12 +78,12 @@ export async function readPages(from: Position, loop: PageLoop): Promise<{ posit
 }
 
 /**
- * Pages read once for several readers that follow the log in near lockstep: the
- * partitions of one consumer group member, each of which wants every row of the table
- * to pick its share. A page is fixed by where it starts: read at any snapshot after that
- * position, it is a correct next page, so a page read for one partition serves the
- * others arriving at the same position. Keeps the last `capacity` pages, for
- * `lifetime` ms.
+ * Pages read once for the partitions of one consumer group member, which follow the log
+ * in near lockstep. The server reads only the rows of the partitions the member holds
+ * (see `KeyHashing`), so a member reads its share of the log, once. A page is fixed by
+ * where it starts and whose rows it holds: read at any snapshot after that position, it
+ * is a correct next page for each of those partitions, so a page read for one serves the
+ * others arriving at the same position. Keeps the last `capacity` pages, for `lifetime` ms.
  */
 export class SharedPages implements PageSource {
   private readonly pages = new Map<string, { readonly fetched: Promise<FetchedPage>; readonly at: number }>();
@@ -89,18 +91,20 @@ export class SharedPages implements PageSource {
 
   constructor(
     private readonly reader: LogReader,
-    /** The table's key columns: rows decode their keys first, their values when read. */
-    private readonly keyColumns: readonly string[],
+    /** The group's partition count, and the partitions the member holds now. */
+    private readonly partitions: () => { readonly count: number; readonly held: readonly number[] },
     private readonly capacity: () => number,
     private readonly lifetime = 10_000,
   ) {}
 
   fetch(relid: number, position: Position, limit: number, checkPending?: boolean, consumers?: readonly string[]): Promise<FetchedPage> {
-    const key = [relid, position.era, position.base.text, position.upto?.text, position.afterId, limit, checkPending, consumers?.join('\u0000')].join('|');
+    const { count, held } = this.partitions();
+    const parts = [...held].sort((a, b) => a - b);
+    const key = [relid, position.era, position.base.text, position.upto?.text, position.afterId, limit, checkPending, consumers?.join('\u0000'), parts.join(',')].join('|');
     const now = Date.now();
     const known = this.pages.get(key);
     if (known && now - known.at < this.lifetime) return known.fetched;
-    const fetched = this.reader.fetch(relid, position, limit, checkPending, consumers);
+    const fetched = this.reader.fetch(relid, position, limit, checkPending, consumers, { count, parts });
     this.pages.delete(key);
     this.pages.set(key, { fetched, at: now });
     // A failed read is not kept: the next reader tries again.
@@ -115,7 +119,7 @@ export class SharedPages implements PageSource {
   decodePage(fetched: FetchedPage): Promise<LogPage> {
     let page = this.decoded.get(fetched);
     if (!page) {
-      page = this.reader.decodePageLazily(fetched, this.keyColumns);
+      page = this.reader.decodePage(fetched);
       this.decoded.set(fetched, page);
     }
     return page;
