@@ -5,7 +5,7 @@ import { defineConfig, type Options } from 'tsup';
  * The published build, in `dist/` (or `tsup --out-dir <dir>`):
  *
  * - the library: ESM (`.js`) and CommonJS (`.cjs`) with declarations (`.d.ts`, `.d.cts`)
- *   for the four entry points of the `exports` map;
+ *   for the five entry points of the `exports` map;
  * - the `pgtide` command, `cli.js` (ESM only: it is run, never `require`d).
  *
  * Both formats use code splitting, so `pgtide`, `pgtide/operators` and `pgtide/testing`
@@ -36,6 +36,7 @@ export default defineConfig((overrides) => {
       operators: 'operators/index.ts',
       testing: 'src/testing/index.ts',
       embedded: 'src/embedded.ts',
+      nats: 'src/nats.ts',
     },
     format: ['esm', 'cjs'],
     dts: true,

@@ -8,7 +8,7 @@ import { rowKey } from './rowKey.js';
 export interface ProcessChangesOptions {
   /** Handler calls in flight at once (never two for one row). Default 1. */
   readonly concurrency?: number;
-  /** Calls per change before it is given up (1: no retry). Default 3. */
+  /** Calls per change before it is given up (1: no retry; `Infinity`: retry until it succeeds). Default 3. */
   readonly attempts?: number;
   /** Milliseconds to wait before retry number `attempt` (1, 2, ...). Default `100 * 2 ** (attempt - 1)`. */
   readonly backoff?: (attempt: number) => number;
@@ -68,7 +68,7 @@ export function processChanges<T extends Change<unknown> | readonly Change<unkno
     throw new PgTideError('INVALID_OPTIONS', "processChanges: onExhausted must be 'dead-letter' or 'stop'", { option: 'onExhausted' });
   }
   for (const [name, value] of [['concurrency', concurrency], ['attempts', attempts]] as const) {
-    if (!Number.isInteger(value) || value < 1) {
+    if (!(Number.isInteger(value) || (name === 'attempts' && value === Infinity)) || value < 1) {
       throw new PgTideError('INVALID_OPTIONS', `processChanges: ${name} must be an integer of at least 1`, { option: name, value });
     }
   }

@@ -53,6 +53,7 @@ import type {
   Transaction,
   TransactionsOptions,
   WaitForOptions,
+  TideSettings,
   WatchOptions,
 } from './types.js';
 
@@ -107,7 +108,10 @@ export class Tide {
   /** The SDK's schema name. */
   readonly schema: string;
   private readonly names: SchemaNames;
-  private readonly logger: Logger;
+  /** Where pgtide's warnings go (`ConnectOptions.logger`). */
+  readonly logger: Logger;
+  /** The timings this Tide runs with (`ConnectOptions`, defaults filled in). */
+  readonly settings: TideSettings;
   private readonly reader: LogReader;
   private readonly hub: Hub;
   private readonly listener: Listener;
@@ -153,6 +157,12 @@ export class Tide {
     this.stallTimeout = options.stallTimeout ?? 30_000;
     this.leaseTimeout = options.leaseTimeout ?? 10_000;
     this.pollInterval = options.pollInterval ?? 1000;
+    this.settings = {
+      leaseTimeout: this.leaseTimeout,
+      acknowledgeFlushDelay: this.acknowledgeFlushDelay,
+      reconnectTimeout: this.reconnectTimeout,
+      pollInterval: this.pollInterval,
+    };
     const pruneInterval = options.pruneInterval ?? 60_000;
     if (pruneInterval > 0) {
       this.pruneTimer = setInterval(() => {

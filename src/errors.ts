@@ -21,7 +21,9 @@ export type PgTideErrorCode =
   | 'PERMISSION_DENIED'
   | 'WAIT_TIMEOUT'
   | 'TRANSACTION_ROLLED_BACK'
-  | 'CLOSED';
+  | 'CLOSED'
+  | 'INVALID_MESSAGE'
+  | 'NATS_STREAM_MISMATCH';
 
 /**
  * Every error pgtide raises on purpose. `code` is stable; `cause` holds the

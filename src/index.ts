@@ -13,6 +13,7 @@ export type {
   StartFrom,
   StateOptions,
   StreamEvent,
+  TideSettings,
   TideWarning,
   ConsumerExpiredWarning,
   ConsumerStalledWarning,
@@ -26,6 +27,7 @@ export type { ConsumerInfo, GroupInfo, GroupMemberInfo, PruneResult } from './co
 export type { DeadLetter } from './deadLetters.js';
 export type { LogStats, WatchedTable } from './status.js';
 export { carryDelivery, markProcessed } from './delivery.js';
+export { decodeChange, encodeChange } from './codec.js';
 export { acknowledge } from '../operators/acknowledge.js';
 export { batchChanges } from '../operators/batchChanges.js';
 export { coalesce } from '../operators/coalesce.js';

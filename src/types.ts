@@ -294,3 +294,15 @@ export interface StateOptions<Row = RowData> {
   /** Validates and types the rows. */
   readonly schema?: ZodType<Row>;
 }
+
+/** The timings a Tide runs with (see `ConnectOptions` for each). */
+export interface TideSettings {
+  /** Milliseconds after which a durable consumer's lease of a vanished reader lapses. */
+  readonly leaseTimeout: number;
+  /** Milliseconds a processed position may wait before it is saved. */
+  readonly acknowledgeFlushDelay: number;
+  /** Milliseconds reads may keep failing before streams fail with `CONNECTION_LOST`. */
+  readonly reconnectTimeout: number;
+  /** Milliseconds between looks for changes without a wake-up. */
+  readonly pollInterval: number;
+}

@@ -1,0 +1,121 @@
+import { PgTideError } from './errors.js';
+import type { Change, Operation } from './types.js';
+
+// Changes as text, for other processes and other languages: JSON, with the values JSON
+// cannot say tagged, so the other side decodes what changes$ delivered (a bigint, a Date,
+// bytes, NaN, -0, undefined) rather than a lookalike. A tagged value is an object
+// {"$pgtide": tag, "v": ...}; a row's own object that has a "$pgtide" key is wrapped the
+// same way (tag "object"), so no value can pass for a tag.
+
+const tag = '$pgtide';
+
+type Tagged = { readonly [tag]: string; readonly v?: unknown };
+
+function encodeValue(value: unknown): unknown {
+  switch (typeof value) {
+    case 'bigint':
+      return { [tag]: 'bigint', v: value.toString() };
+    case 'undefined':
+      return { [tag]: 'undefined' };
+    case 'number':
+      if (Number.isFinite(value) && !Object.is(value, -0)) return value;
+      return { [tag]: 'number', v: Object.is(value, -0) ? '-0' : String(value) };
+    case 'object': {
+      if (value === null) return null;
+      if (value instanceof Date) return { [tag]: 'date', v: Number.isNaN(value.getTime()) ? null : value.toISOString() };
+      if (value instanceof Uint8Array) return { [tag]: 'bytes', v: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
+      if (Array.isArray(value)) return value.map(encodeValue);
+      const encoded: Record<string, unknown> = {};
+      for (const [key, field] of Object.entries(value)) encoded[key] = encodeValue(field);
+      return tag in encoded ? { [tag]: 'object', v: encoded } : encoded;
+    }
+    default:
+      return value;
+  }
+}
+
+function decodeValue(value: unknown): unknown {
+  if (typeof value !== 'object' || value === null) return value;
+  if (Array.isArray(value)) return value.map(decodeValue);
+  const record = value as Record<string, unknown>;
+  if (tag in record) return decodeTagged(record as Tagged);
+  const decoded: Record<string, unknown> = {};
+  for (const [key, field] of Object.entries(record)) decoded[key] = decodeValue(field);
+  return decoded;
+}
+
+function decodeTagged(value: Tagged): unknown {
+  switch (value[tag]) {
+    case 'bigint':
+      return BigInt(value.v as string);
+    case 'undefined':
+      return undefined;
+    case 'number':
+      return Number(value.v as string);
+    case 'date':
+      return new Date(value.v === null ? Number.NaN : (value.v as string));
+    case 'bytes':
+      return Buffer.from(value.v as string, 'base64');
+    case 'object': {
+      const decoded: Record<string, unknown> = {};
+      for (const [key, field] of Object.entries(value.v as Record<string, unknown>)) decoded[key] = decodeValue(field);
+      return decoded;
+    }
+    default:
+      throw new PgTideError('INVALID_MESSAGE', `an encoded change holds an unknown value tag ${JSON.stringify(value[tag])}`, {
+        tag: value[tag],
+      });
+  }
+}
+
+const operations: ReadonlySet<Operation> = new Set(['insert', 'update', 'delete', 'truncate']);
+
+/**
+ * A change as JSON text that {@link decodeChange} turns back into the same change: every
+ * value as `changes$` delivered it (bigints, Dates, bytes, NaN and -0 included; class
+ * instances, such as an interval, arrive as plain objects of their fields). What the
+ * JetStream relay publishes, readable from any language: plain JSON, with values JSON
+ * cannot hold written as `{"$pgtide": "<tag>", "v": ...}`.
+ */
+export function encodeChange(change: Change<unknown>): string {
+  const { id, txid, schema, table, op, key, changed, committedAt } = change;
+  const body: Record<string, unknown> = { id, txid, schema, table, op, key: encodeValue(key), changed, committedAt: committedAt.toISOString() };
+  if (change.new !== undefined) body.new = encodeValue(change.new);
+  if (change.old !== undefined) body.old = encodeValue(change.old);
+  return JSON.stringify(body);
+}
+
+/**
+ * The change {@link encodeChange} wrote.
+ *
+ * @throws PgTideError `INVALID_MESSAGE` when the text is not an encoded change.
+ */
+export function decodeChange<Row = Record<string, unknown>>(text: string): Change<Row> {
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch (error) {
+    throw new PgTideError('INVALID_MESSAGE', `not an encoded change: ${String(error)}`, {}, { cause: error });
+  }
+  const { id, txid, schema, table, op, changed, committedAt } = body;
+  if (
+    typeof body !== 'object' || body === null ||
+    typeof id !== 'string' || typeof txid !== 'string' || typeof schema !== 'string' || typeof table !== 'string' ||
+    !operations.has(op as Operation) || !Array.isArray(changed) || typeof committedAt !== 'string' ||
+    typeof body.key !== 'object' || body.key === null
+  ) {
+    throw new PgTideError('INVALID_MESSAGE', 'not an encoded change: a field is missing or of the wrong type', {});
+  }
+  return {
+    id,
+    txid,
+    schema,
+    table,
+    op: op as Operation,
+    key: decodeValue(body.key) as Record<string, unknown>,
+    ...(body.new !== undefined ? { new: decodeValue(body.new) as Row } : {}),
+    ...(body.old !== undefined ? { old: decodeValue(body.old) as Row } : {}),
+    changed: changed as string[],
+    committedAt: new Date(committedAt),
+  };
+}
