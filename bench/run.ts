@@ -44,6 +44,7 @@ const rows: Array<[string, RowRunner]> = [
   ['fanout', fanoutRow],
   ['durable', durableRow],
   ['groups', groupsRow],
+  ['jetstream', (server, s) => import('./scenarios/jetstream.js').then((scenario) => scenario.jetstreamRow(server, s))],
   ['idle-queries', idleQueriesRow],
 ];
 

@@ -25,9 +25,9 @@ function encodeValue(value: unknown): unknown {
       if (value instanceof Date) return { [tag]: 'date', v: Number.isNaN(value.getTime()) ? null : value.toISOString() };
       if (value instanceof Uint8Array) return { [tag]: 'bytes', v: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
       if (Array.isArray(value)) return value.map(encodeValue);
-      const encoded: Record<string, unknown> = {};
-      for (const [key, field] of Object.entries(value)) encoded[key] = encodeValue(field);
-      return tag in encoded ? { [tag]: 'object', v: encoded } : encoded;
+      // fromEntries defines own properties: a column or JSON key named __proto__ stays data.
+      const encoded = Object.fromEntries(Object.entries(value).map(([key, field]) => [key, encodeValue(field)]));
+      return Object.hasOwn(encoded, tag) ? { [tag]: 'object', v: encoded } : encoded;
     }
     default:
       return value;
@@ -38,10 +38,12 @@ function decodeValue(value: unknown): unknown {
   if (typeof value !== 'object' || value === null) return value;
   if (Array.isArray(value)) return value.map(decodeValue);
   const record = value as Record<string, unknown>;
-  if (tag in record) return decodeTagged(record as Tagged);
-  const decoded: Record<string, unknown> = {};
-  for (const [key, field] of Object.entries(record)) decoded[key] = decodeValue(field);
-  return decoded;
+  if (Object.hasOwn(record, tag)) return decodeTagged(record as Tagged);
+  return decodeFields(record);
+}
+
+function decodeFields(record: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(record).map(([key, field]) => [key, decodeValue(field)]));
 }
 
 function decodeTagged(value: Tagged): unknown {
@@ -56,11 +58,8 @@ function decodeTagged(value: Tagged): unknown {
       return new Date(value.v === null ? Number.NaN : (value.v as string));
     case 'bytes':
       return Buffer.from(value.v as string, 'base64');
-    case 'object': {
-      const decoded: Record<string, unknown> = {};
-      for (const [key, field] of Object.entries(value.v as Record<string, unknown>)) decoded[key] = decodeValue(field);
-      return decoded;
-    }
+    case 'object':
+      return decodeFields(value.v as Record<string, unknown>);
     default:
       throw new PgTideError('INVALID_MESSAGE', `an encoded change holds an unknown value tag ${JSON.stringify(value[tag])}`, {
         tag: value[tag],
@@ -97,9 +96,9 @@ export function decodeChange<Row = Record<string, unknown>>(text: string): Chang
   } catch (error) {
     throw new PgTideError('INVALID_MESSAGE', `not an encoded change: ${String(error)}`, {}, { cause: error });
   }
+  if (typeof body !== 'object' || body === null) throw new PgTideError('INVALID_MESSAGE', 'not an encoded change: not a JSON object', {});
   const { id, txid, schema, table, op, changed, committedAt } = body;
   if (
-    typeof body !== 'object' || body === null ||
     typeof id !== 'string' || typeof txid !== 'string' || typeof schema !== 'string' || typeof table !== 'string' ||
     !operations.has(op as Operation) || !Array.isArray(changed) || typeof committedAt !== 'string' ||
     typeof body.key !== 'object' || body.key === null

@@ -5,6 +5,7 @@ import { CliFailure, describeError, describeServer, EXIT, UsageError } from './e
 import { columns as alignColumns, formatAge } from './format.js';
 import { databaseUrl, openSession, type GlobalOptions, type Session, type SessionOptions } from './session.js';
 import { formatStatus, readStatus } from './status.js';
+import { relay } from './relay.js';
 import { tail } from './tail.js';
 
 /**
@@ -58,6 +59,7 @@ function buildProgram(): Command {
         '  pgtide watch mail_users --columns quota_bytes,username\n' +
         '  pgtide tail mail_users --from beginning --json > changes.ndjson\n' +
         '  pgtide tail mail_users --consumer mailer --limit 100\n' +
+        '  pgtide relay --nats nats://localhost:4222 orders order_items\n' +
         '  pgtide status',
     );
 
@@ -106,6 +108,30 @@ function buildProgram(): Command {
         { install: true },
         async (session, table: string, options: { columns?: string[]; rowId?: unknown; from: StartFrom | 'now'; consumer?: string; json?: boolean; limit?: number; progress: boolean }) => {
           process.exitCode = await tail(session, table, { ...options, json: options.json === true });
+        },
+      ),
+    );
+
+  program
+    .command('relay')
+    .description('relay the tables\' changes into NATS JetStream (deduplicated, per-row order) with a status line, until Ctrl-C')
+    .argument('<table...>', "tables: 'name', 'schema.name' or quoted SQL identifiers (capture is installed if needed)")
+    .requiredOption('--nats <url>', 'NATS server URL(s), comma-separated, such as nats://localhost:4222')
+    .option('--consumer <name>', "the relay's durable consumer name (a second relay of this name waits as a standby)", 'pgtide-relay')
+    .option('--stream <name>', 'the JetStream stream (created when missing)', 'PGTIDE')
+    .option('--subject-prefix <token>', 'first subject token: subjects are <prefix>.<schema>.<table>', 'pgtide')
+    .addOption(new Option('--from <position>', "where a new relay starts: 'now', 'beginning' or a change id").default('now').argParser(parseFrom))
+    .addOption(new Option('--status-interval <duration>', 'time between status lines: 500ms, 5s, ...').default(1000, '1s').argParser(parseDuration))
+    .action(
+      withSession(
+        program,
+        { install: true },
+        async (
+          session,
+          tables: string[],
+          options: { nats: string; consumer: string; stream: string; subjectPrefix: string; from: StartFrom; statusInterval: number },
+        ) => {
+          process.exitCode = await relay(session, tables, options);
         },
       ),
     );
