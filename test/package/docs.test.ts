@@ -13,7 +13,7 @@ describe('npm run docs', () => {
   const out = mkdtempSync(join(tmpdir(), 'pgtide-docs-'));
   afterAll(() => rmSync(out, { recursive: true, force: true }));
 
-  it('generates the API reference of the four entry points with typedoc', async () => {
+  it('generates the API reference of the five entry points with typedoc', async () => {
     // `npm run docs` is `typedoc` with typedoc.json; only the output directory differs here.
     const typedoc = join(dirname(require.resolve('typedoc/package.json')), 'bin', 'typedoc');
     const output = await new Promise<string>((resolve, reject) => {
@@ -25,7 +25,7 @@ describe('npm run docs', () => {
     // Every public member is documented: typedoc reports neither errors nor warnings.
     expect(output).not.toMatch(/\[(warning|error)\]/);
     expect(output).toMatch(/html generated at/);
-    for (const module of ['pgtide', 'pgtide_operators', 'pgtide_testing', 'pgtide_embedded']) {
+    for (const module of ['pgtide', 'pgtide_operators', 'pgtide_testing', 'pgtide_embedded', 'pgtide_nats']) {
       expect(existsSync(join(out, 'modules', `${module}.html`))).toBe(true);
     }
     const connect = readFileSync(join(out, 'functions', 'pgtide.connect.html'), 'utf8');
@@ -36,5 +36,6 @@ describe('npm run docs', () => {
     expect(readFileSync(join(out, 'modules', 'pgtide_operators.html'), 'utf8')).toContain('#batchchanges');
     expect(existsSync(join(out, 'functions', 'pgtide_testing.createTestTide.html'))).toBe(true);
     expect(existsSync(join(out, 'functions', 'pgtide_embedded.startPostgres.html'))).toBe(true);
+    expect(existsSync(join(out, 'functions', 'pgtide_nats.relayToJetStream.html'))).toBe(true);
   }, 120_000);
 });
