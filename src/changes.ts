@@ -3,6 +3,7 @@ import { assertColumns, type TableInfo } from './catalog.js';
 import { isSchemaChange, rowKeyString, selectColumns, toItem, withRowSchema, type LogItem } from './change.js';
 import { carryDelivery, Ledger, recordDelivery, recordUnacknowledged, type Stall } from './delivery.js';
 import type { RetryDelivery, SessionQuery } from './deadLetters.js';
+import type { Counters } from './counters.js';
 import type { Lease, LeaseSettings } from './lease.js';
 import type { Pool } from 'pg';
 import { expiredError } from './consumers.js';
@@ -47,6 +48,8 @@ export interface StreamContext {
   retryDelivery(consumer: string, table: TableInfo, session: SessionQuery, emit: (change: Change) => boolean): RetryDelivery;
   /** Calls `handler` on each `<kind>:<name>` signal the listener hears; returns the unsubscribe function. */
   onSignal(kind: 'retry' | 'group', name: string, handler: () => void): () => void;
+  /** What the Tide counts for its metrics. */
+  readonly counters: Counters;
   /** Reports a stalled consumer on `warnings$` and to the logger. */
   reportStall(consumer: string, stall: Stall): void;
   /** Milliseconds a consumer's processed position may wait before it is written. */
@@ -74,6 +77,8 @@ export interface ResumePoint {
 export interface TrackedStream {
   /** The durable consumer it reads for, if any. */
   readonly consumer: string | undefined;
+  /** Changes delivered and not yet processed (a durable consumer's in-flight window). */
+  readonly inFlight?: number;
   /** Completes the subscriber; with `flush`, saves the consumer position first. */
   complete(flush: boolean): Promise<void>;
   /** Errors the subscriber (its consumer expired, say) without saving. */
@@ -584,7 +589,12 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
     } else {
       recordUnacknowledged(typed);
     }
+    this.context.counters.deliver(this.info!.qualified);
     this.subscriber.next({ kind: 'change', change: typed });
+  }
+
+  get inFlight(): number {
+    return this.ledger?.inFlight ?? 0;
   }
 }
 

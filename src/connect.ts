@@ -20,6 +20,7 @@ import { PgTideError } from './errors.js';
 import { Hub } from './hub.js';
 import { ConsumerLease, type LeaseSettings } from './lease.js';
 import { Listener } from './listener.js';
+import { Counters } from './counters.js';
 import { LogReader } from './log.js';
 import { migrate } from './migrate.js';
 import {
@@ -127,6 +128,9 @@ export class Tide {
   private readonly pollInterval: number;
   private readonly pruneTimer: NodeJS.Timeout | undefined;
   private readonly warnings = new Subject<TideWarning>();
+  /** @internal What pgtide/metrics reports. */
+  readonly counters = new Counters();
+  private listenedOnce = false;
   /** Handlers of listener signals, by `<kind>:<name>`. */
   private readonly signalHandlers = new Map<string, Set<() => void>>();
   private closed = false;
@@ -170,7 +174,7 @@ export class Tide {
       }, pruneInterval);
       this.pruneTimer.unref();
     }
-    this.reader = new LogReader(pool, names);
+    this.reader = new LogReader(pool, names, this.counters);
     this.tables = new Tables(pool, names);
     this.hub = new Hub({
       reader: this.reader,
@@ -180,13 +184,20 @@ export class Tide {
       reconnectTimeout: this.reconnectTimeout,
     });
     this.listener = new Listener(pool.options, names.name, {
-      nudge: (relid) => this.hub.nudge(relid),
+      nudge: (relid) => {
+        this.counters.wakeUps += 1;
+        this.hub.nudge(relid);
+      },
       nudgeAll: () => this.hub.nudgeAll(),
       expired: (consumer) => this.stopExpired(consumer, new Date()),
       signal: (kind, name) => {
         for (const handler of [...(this.signalHandlers.get(`${kind}:${name}`) ?? [])]) handler();
       },
-      status: (listening) => this.logger.info(`pgtide: LISTEN ${listening ? 'up' : 'down'}`),
+      status: (listening) => {
+        this.counters.listen(listening, this.listenedOnce);
+        this.listenedOnce ||= listening;
+        this.logger.info(`pgtide: LISTEN ${listening ? 'up' : 'down'}`);
+      },
     }, this.logger);
   }
 
@@ -492,9 +503,22 @@ export class Tide {
     return { config: this.pool.options, schema: this.names, leaseTimeout: this.leaseTimeout, logger: this.logger };
   }
 
+  /** @internal The SDK's schema as an identifier for SQL text, quoted by the server (`format('%I')`). */
+  get schemaIdent(): string {
+    return this.names.ident;
+  }
+
+  /** @internal Each durable consumer stream of this Tide with its unprocessed deliveries (pgtide/metrics). */
+  inFlight(): Array<{ readonly consumer: string; readonly inFlight: number }> {
+    return [...this.streams].flatMap((stream) =>
+      stream.consumer === undefined ? [] : [{ consumer: stream.consumer, inFlight: stream.inFlight ?? 0 }],
+    );
+  }
+
   private streamContext(): StreamContext {
     return {
       reader: this.reader,
+      counters: this.counters,
       hub: this.hub,
       logger: this.logger,
       pageSize: this.pageSize,

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { ClientBase, Pool } from 'pg';
+import type { Counters } from './counters.js';
 import { RowDecoder } from './decode.js';
 import type { SchemaNames } from './sql.js';
 import type { RowData } from './types.js';
@@ -143,6 +144,7 @@ export class LogReader {
   constructor(
     private readonly pool: Pool,
     schema: SchemaNames,
+    private readonly counters?: Counters,
   ) {
     this.decoder = new RowDecoder(pool, schema);
     this.pageQuery = `SELECT * FROM ${schema.ident}.read_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`;
@@ -201,6 +203,7 @@ export class LogReader {
     });
     const first = rows[0]!;
     const found = first.id === null ? [] : rows;
+    this.counters?.read(relid, found.length);
     const upto = position.upto ?? parseSnapshot(first.snapshot);
     if (!first.closed && !position.upto && upto.xmax < position.base.xmax) {
       // The xid counter went back (a failover to a standby that had not replayed
@@ -326,6 +329,7 @@ export class LogReader {
       settled.map(([relid]) => relid),
       settled.map(([, position]) => position.base.text),
     ]);
+    if (this.counters) this.counters.logQueries += 1;
     const news = new Set(rows[0]!.relids.map(Number));
     for (const [relid, position] of positions) if (position.upto || position.era !== rows[0]!.era) news.add(relid);
     return news;

@@ -402,28 +402,21 @@ interface RelayTable {
 }
 
 async function describeRelayTables(tide: Tide, names: readonly string[]): Promise<RelayTable[]> {
-  const { rows } = await tide.pool.query<{ name: string; relid: number; schema: string; table: string }>(
-    `SELECT t.name, c.oid::int8::float8 AS relid, n.nspname AS schema, c.relname AS table
-       FROM unnest($1::text[]) t(name) JOIN pg_class c ON c.oid = to_regclass(t.name) JOIN pg_namespace n ON n.oid = c.relnamespace`,
+  const { rows } = await tide.pool.query<RelayTable & { given: string }>(
+    `SELECT t.given, c.oid::int8::float8 AS relid, n.nspname AS schema, c.relname AS name, format('%I.%I', n.nspname, c.relname) AS qualified
+       FROM unnest($1::text[]) t(given) JOIN pg_class c ON c.oid = to_regclass(t.given) JOIN pg_namespace n ON n.oid = c.relnamespace`,
     [names],
   );
-  return names.map((name) => {
-    const found = rows.find((row) => row.name === name)!;
-    return { qualified: `${quoteIdent(found.schema)}.${quoteIdent(found.table)}`, schema: found.schema, name: found.table, relid: found.relid };
-  });
+  return names.map((given) => rows.find((row) => row.given === given)!);
 }
 
 /** This database, unique among databases (the cluster's system identifier and the database's oid). */
 async function databaseIdentity(tide: Tide): Promise<string> {
   const { rows } = await tide.pool.query<{ system: string; database: string }>(
-    `SELECT (SELECT e.system_identifier::text FROM ${quoteIdent(tide.schema)}.eras e ORDER BY e.era DESC LIMIT 1) AS system,
+    `SELECT (SELECT e.system_identifier::text FROM ${tide.schemaIdent}.eras e ORDER BY e.era DESC LIMIT 1) AS system,
             (SELECT d.oid::text FROM pg_database d WHERE d.datname = current_database()) AS database`,
   );
   return `${rows[0]!.system}.${rows[0]!.database}`;
-}
-
-function quoteIdent(name: string): string {
-  return `"${name.replaceAll('"', '""')}"`;
 }
 
 /**
