@@ -13,7 +13,7 @@ import { backoffDelay, sleep } from './backoff.js';
 import { lostConnection, readPages, type PageSource } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
 import { atOrAfter, inPartition, isDelivered, NOTHING_VISIBLE, samePosition, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
-import type { Change, ChangesOptions, Logger, RowData, StartFrom, StreamEvent } from './types.js';
+import type { Change, ChangesOptions, Logger, RowData, StartFrom, StreamEvent, StreamPhase } from './types.js';
 
 /** What a stream needs from its Tide. */
 export interface StreamContext {
@@ -50,6 +50,8 @@ export interface StreamContext {
   onSignal(kind: 'retry' | 'group', name: string, handler: () => void): () => void;
   /** What the Tide counts for its metrics. */
   readonly counters: Counters;
+  /** A stream's phase changed (see `tide.status$`). */
+  phaseChanged(): void;
   /** Reports a stalled consumer on `warnings$` and to the logger. */
   reportStall(consumer: string, stall: Stall): void;
   /** Milliseconds a consumer's processed position may wait before it is written. */
@@ -79,6 +81,9 @@ export interface TrackedStream {
   readonly consumer: string | undefined;
   /** Changes delivered and not yet processed (a durable consumer's in-flight window). */
   readonly inFlight?: number;
+  /** What it is doing, and on which table(s) (see `tide.status$`). */
+  readonly phase?: StreamPhase;
+  readonly tableName?: string;
   /** Completes the subscriber; with `flush`, saves the consumer position first. */
   complete(flush: boolean): Promise<void>;
   /** Errors the subscriber (its consumer expired, say) without saving. */
@@ -143,6 +148,19 @@ export abstract class StreamBase<T> implements RunningStream {
 
   /** The group whose partition this stream's consumer is: its dead letters are the group's. */
   protected groupName: string | undefined;
+  private currentPhase: StreamPhase = 'starting';
+  /** Called when the phase changes (see `tide.status$`). */
+  protected onPhase: (() => void) | undefined;
+
+  get phase(): StreamPhase {
+    return this.currentPhase;
+  }
+
+  protected setPhase(phase: StreamPhase): void {
+    if (phase === this.currentPhase) return;
+    this.currentPhase = phase;
+    this.onPhase?.();
+  }
 
   constructor(
     protected readonly subscriber: Subscriber<T>,
@@ -302,6 +320,17 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
     super(subscriber, options.consumer);
     this.maxInFlight = options.maxInFlight ?? defaultMaxInFlight;
     this.groupName = partition?.group;
+    this.onPhase = () => context.phaseChanged();
+  }
+
+  get tableName(): string {
+    return this.info?.qualified ?? '';
+  }
+
+  /** Live on a feed whose reads are failing: reconnecting too. */
+  override get phase(): StreamPhase {
+    const phase = super.phase;
+    return phase === 'live' && this.feed?.failing ? 'reconnecting' : phase;
   }
 
   /**
@@ -319,6 +348,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
   }
 
   protected standby(consumer: string): void {
+    this.setPhase('standby');
     if (!this.ended) this.subscriber.next({ kind: 'standby', consumer });
   }
 
@@ -402,6 +432,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
   /** Replays from the cursor, then joins the shared feed. */
   private async follow(info: TableInfo): Promise<void> {
     const generation = this.generation;
+    this.setPhase('replaying');
     await this.replay(info);
     if (this.ended || generation !== this.generation) return;
     await this.join(info);
@@ -418,6 +449,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
     this.detach();
     this.buffered = undefined;
     this.deliveredUpTo = undefined;
+    this.setPhase('reconnecting');
     this.context.logger.warn(`pgtide: ${error.message}; taking the lease again`, { consumer: this.consumer });
     const info = this.info!;
     void (async () => {
@@ -482,6 +514,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
       readAhead: !this.ledger,
       ...(this.ledger ? { consumers: () => this.partition?.consumers ?? [this.consumer!] } : {}),
       deliver: (page) => generation === this.generation && this.deliverPage(page),
+      failing: (failing) => generation === this.generation && this.setPhase(failing ? 'reconnecting' : 'replaying'),
       stopped: () => this.ended || this.context.closed() || generation !== this.generation,
     });
     return result !== undefined && generation === this.generation;
@@ -529,6 +562,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
       if (joinAt !== cursor) this.deliveredUpTo = cursor;
       feed.add(this);
     }
+    if (!this.ended) this.setPhase('live');
     if (!this.ended && !this.caughtUp) {
       this.caughtUp = true;
       this.subscriber.next({ kind: 'caught-up' });

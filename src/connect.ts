@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { filter, map, pipe, Subject, type Observable, type OperatorFunction } from 'rxjs';
+import { BehaviorSubject, distinctUntilChanged, filter, map, pipe, Subject, type Observable, type OperatorFunction } from 'rxjs';
 import { listBlockers } from './blockers.js';
 import { unwatchTable, watchTable } from './capture.js';
 import { canonicalKey, describeTable } from './catalog.js';
@@ -55,6 +55,7 @@ import type {
   TransactionsOptions,
   WaitForOptions,
   TideSettings,
+  TideStatus,
   WatchOptions,
 } from './types.js';
 
@@ -131,6 +132,16 @@ export class Tide {
   /** @internal What pgtide/metrics reports. */
   readonly counters = new Counters();
   private listenedOnce = false;
+  private listening = false;
+  private readonly status = new BehaviorSubject<TideStatus>({ listen: 'connecting', streams: [] });
+  private statusQueued = false;
+
+  /**
+   * The LISTEN connection's state and every stream's phase (`starting`, `replaying`,
+   * `live`, `standby`, `reconnecting`), now and whenever one of them changes. For health
+   * checks and dashboards; the figures to alert on are in `pgtide/metrics`.
+   */
+  readonly status$: Observable<TideStatus> = this.status.pipe(distinctUntilChanged(sameStatus));
   /** Handlers of listener signals, by `<kind>:<name>`. */
   private readonly signalHandlers = new Map<string, Set<() => void>>();
   private closed = false;
@@ -182,6 +193,7 @@ export class Tide {
       pageSize: this.pageSize,
       pollInterval: this.pollInterval,
       reconnectTimeout: this.reconnectTimeout,
+      onFailing: () => this.statusChanged(),
     });
     this.listener = new Listener(pool.options, names.name, {
       nudge: (relid) => {
@@ -196,6 +208,8 @@ export class Tide {
       status: (listening) => {
         this.counters.listen(listening, this.listenedOnce);
         this.listenedOnce ||= listening;
+        this.listening = listening;
+        this.statusChanged();
         this.logger.info(`pgtide: LISTEN ${listening ? 'up' : 'down'}`);
       },
     }, this.logger);
@@ -492,6 +506,7 @@ export class Tide {
     this.hub.stop();
     await Promise.all([this.listener.close(), ...completions]);
     this.warnings.complete();
+    this.status.complete();
     if (this.ownsPool) await this.pool.end();
   }
 
@@ -501,6 +516,24 @@ export class Tide {
 
   private leaseSettings(): LeaseSettings {
     return { config: this.pool.options, schema: this.names, leaseTimeout: this.leaseTimeout, logger: this.logger };
+  }
+
+  /** Recomputes `status$`, once per burst of changes. */
+  private statusChanged(): void {
+    if (this.statusQueued || this.status.closed) return;
+    this.statusQueued = true;
+    queueMicrotask(() => {
+      this.statusQueued = false;
+      if (this.status.closed) return;
+      this.status.next({
+        listen: this.listening ? 'up' : this.listenedOnce ? 'down' : 'connecting',
+        streams: [...this.streams].map((stream) => ({
+          table: stream.tableName ?? '',
+          ...(stream.consumer !== undefined ? { consumer: stream.consumer } : {}),
+          phase: stream.phase ?? 'starting',
+        })),
+      });
+    });
   }
 
   /** @internal The SDK's schema as an identifier for SQL text, quoted by the server (`format('%I')`). */
@@ -548,8 +581,13 @@ export class Tide {
       stallTimeout: this.stallTimeout,
       track: (stream) => {
         this.streams.add(stream);
-        return () => this.streams.delete(stream);
+        this.statusChanged();
+        return () => {
+          this.streams.delete(stream);
+          this.statusChanged();
+        };
       },
+      phaseChanged: () => this.statusChanged(),
     };
   }
 
@@ -560,5 +598,16 @@ function onlyChanges<Row>(): OperatorFunction<StreamEvent<Row>, Change<Row>> {
   return pipe(
     filter((event): event is Extract<StreamEvent<Row>, { kind: 'change' }> => event.kind === 'change'),
     map((event) => event.change),
+  );
+}
+
+function sameStatus(a: TideStatus, b: TideStatus): boolean {
+  return (
+    a.listen === b.listen &&
+    a.streams.length === b.streams.length &&
+    a.streams.every((stream, index) => {
+      const other = b.streams[index]!;
+      return stream.table === other.table && stream.consumer === other.consumer && stream.phase === other.phase;
+    })
   );
 }

@@ -12,7 +12,7 @@ import type { Position, Queryable } from './log.js';
 import { lostConnection, SharedPages } from './pages.js';
 import { backoffDelay, sleep } from './backoff.js';
 import { classifyDatabaseError, inTransaction } from './sql.js';
-import type { Change, ChangesOptions, StreamEvent } from './types.js';
+import type { Change, ChangesOptions, StreamEvent, StreamPhase } from './types.js';
 
 /** Partitions of a group created without saying how many. */
 export const defaultPartitions = 16;
@@ -92,6 +92,16 @@ class GroupMember<Row> implements RunningStream {
     this.consumer = options.consumer!;
   }
 
+  get tableName(): string {
+    return this.info?.qualified ?? '';
+  }
+
+  /** The member as a whole: its partitions' streams report their own phases too. */
+  get phase(): StreamPhase {
+    if (!this.caughtUpSent) return this.client ? 'replaying' : 'starting';
+    return this.client ? 'live' : 'reconnecting';
+  }
+
   async run(): Promise<void> {
     try {
       const info = await this.context.prepare(this.table, this.options.columns, () => undefined);
@@ -149,6 +159,7 @@ class GroupMember<Row> implements RunningStream {
       [this.consumer, this.member],
     );
     await this.signalGroup();
+    this.context.phaseChanged();
   }
 
   /**
@@ -164,6 +175,7 @@ class GroupMember<Row> implements RunningStream {
     });
     this.client = undefined;
     this.session = undefined;
+    this.context.phaseChanged();
     const partitions = [...this.held.values()];
     this.held.clear();
     for (const held of partitions) {
@@ -344,6 +356,7 @@ class GroupMember<Row> implements RunningStream {
         held.caughtUp = true;
         if (!this.caughtUpSent && [...this.held.values()].every((partition) => partition.caughtUp || partition.draining)) {
           this.caughtUpSent = true;
+          this.context.phaseChanged();
           this.subscriber.next(event);
         }
         return;
@@ -381,6 +394,7 @@ class GroupMember<Row> implements RunningStream {
     if (holds.length === 0 && !this.caughtUpSent && this.held.size === 0) {
       // Holding nothing, this member has nothing to replay.
       this.caughtUpSent = true;
+      this.context.phaseChanged();
       this.subscriber.next({ kind: 'caught-up' });
     }
   }

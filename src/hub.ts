@@ -38,6 +38,8 @@ export interface HubSettings {
   readonly pollInterval: number;
   /** How long (ms) reads may keep failing before the members are failed with `CONNECTION_LOST`. */
   readonly reconnectTimeout: number;
+  /** A feed's reads started or stopped failing (see `TableFeed.failing`). */
+  readonly onFailing?: () => void;
 }
 
 /**
@@ -73,6 +75,8 @@ export class TableFeed {
   private readonly positionFollowers = new Set<FeedMember>();
   private readonly consumerMembers = new Map<string, Set<FeedMember>>();
   private reading = false;
+  /** Whether its reads are failing and being retried. */
+  failing = false;
   private again = false;
   private stopped = false;
   private pendingTimer: NodeJS.Timeout | undefined;
@@ -180,6 +184,10 @@ export class TableFeed {
           readAhead: true,
           consumers: () => [...this.consumerMembers.keys()],
           keys: () => (this.partitioned.size > 0 ? 'hash' : undefined),
+          failing: (failing) => {
+            this.failing = failing;
+            this.settings.onFailing?.();
+          },
           stopped: () => this.stopped,
           deliver: (page) => {
             // Read before a group partition joined: without key hashes, read it again.

@@ -29,6 +29,8 @@ export interface PageLoop {
   readonly consumers?: () => readonly string[];
   /** Whether (and for which partitions) the pages carry key hashes (see `KeyHashing`). */
   readonly keys?: () => KeyHashing | undefined;
+  /** Reads started failing (true, before each retry) or work again (false). */
+  readonly failing?: (failing: boolean) => void;
   /** Takes one page; returns false to stop reading. */
   deliver(page: LogPage): boolean;
   /** Whether the reader has gone away: stop quietly. */
@@ -65,10 +67,12 @@ export async function readPages(from: Position, loop: PageLoop): Promise<{ posit
       const giveUp = lostConnection(error, failingSince, loop.reconnectTimeout, loop.table);
       if (giveUp) throw giveUp;
       loop.logger.warn('pgtide: reading the change log failed; retrying', { table: loop.table, error: String(error), attempt });
+      loop.failing?.(true);
       await sleep(backoffDelay(attempt));
       attempt += 1;
       continue;
     }
+    if (failingSince !== undefined) loop.failing?.(false);
     failingSince = undefined;
     attempt = 1;
     if (loop.stopped() || !loop.deliver(page)) return undefined;

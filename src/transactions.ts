@@ -44,6 +44,11 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
     subscriber: Subscriber<Transaction<Row>>,
   ) {
     super(subscriber, options.consumer);
+    this.onPhase = () => context.phaseChanged();
+  }
+
+  get tableName(): string {
+    return this.tables.join(', ');
   }
 
   async run(): Promise<void> {
@@ -66,17 +71,20 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
       }
       const backoff = new PendingBackoff(this.context.pollInterval);
       let failingSince: number | undefined;
+      this.setPhase('replaying');
       while (!this.ended) {
         this.woken = false;
         let batch: Batch;
         try {
           batch = await this.context.reader.batch(relids, position, this.context.pageSize, true, consumer === undefined ? undefined : [consumer]);
           failingSince = undefined;
+          if (this.phase === 'reconnecting') this.setPhase('replaying');
         } catch (error) {
           if (this.ended || this.context.closed()) return;
           failingSince ??= Date.now();
           const giveUp = lostConnection(error, failingSince, this.context.reconnectTimeout, this.tables.join(', '));
           if (giveUp) throw giveUp;
+          this.setPhase('reconnecting');
           await sleep(100);
           continue;
         }
@@ -86,6 +94,7 @@ class TransactionStream<Row> extends StreamBase<Transaction<Row>> {
         this.emitBatch(batch, infos, position);
         position = batch.next;
         if (batch.rows.length > 0) continue;
+        this.setPhase('live');
         await this.idle(backoff.next(batch.pending) ?? this.context.pollInterval);
       }
     } catch (error) {

@@ -295,6 +295,30 @@ export interface StateOptions<Row = RowData> {
   readonly schema?: ZodType<Row>;
 }
 
+/**
+ * What a stream is doing: `starting` (describing the table, registering its consumer),
+ * `replaying` the backlog, `live` (caught up, on the table's shared feed), `standby`
+ * (another stream reads for its consumer), or `reconnecting` (reads are failing and
+ * retried, up to `reconnectTimeout`).
+ */
+export type StreamPhase = 'starting' | 'replaying' | 'live' | 'standby' | 'reconnecting';
+
+/** One stream of a Tide in {@link TideStatus}. */
+export interface StreamStatus {
+  /** The table (`schema.name`), or the tables of a `transactions$` stream, comma-separated; empty while starting. */
+  readonly table: string;
+  /** Its durable consumer (a group partition's own name, `<group>/<n>`), if any. */
+  readonly consumer?: string;
+  readonly phase: StreamPhase;
+}
+
+/** What `tide.status$` reports: the LISTEN connection and every stream. */
+export interface TideStatus {
+  /** The LISTEN connection: `connecting` before it was first up, then `up` or `down`. */
+  readonly listen: 'connecting' | 'up' | 'down';
+  readonly streams: readonly StreamStatus[];
+}
+
 /** The timings a Tide runs with (see `ConnectOptions` for each). */
 export interface TideSettings {
   /** Milliseconds after which a durable consumer's lease of a vanished reader lapses. */

@@ -3,7 +3,7 @@ import { filter, map, tap } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acknowledge } from '../../operators/acknowledge.js';
 import { startPostgres, type EmbeddedPostgres } from '../../src/embedded.js';
-import { connect, PgTideError, type Change, type Tide } from '../../src/index.js';
+import { connect, PgTideError, type Change, type Tide, type TideStatus } from '../../src/index.js';
 import type { Logger } from '../../src/types.js';
 import { eventually } from '../helpers.js';
 import { DeliveryChecker, report } from './checker.js';
@@ -70,6 +70,8 @@ describe('the PostgreSQL server stopped and started under a durable consumer', (
     await admin.query(`TRUNCATE ${table}`);
     const consumer = group ? 'restarting-group' : 'restarter';
     const checker = new DeliveryChecker(`server restart (fast + immediate)${group ? ', group member' : ''}`);
+    const seen: TideStatus[] = [];
+    const statuses = tide.status$.subscribe((status) => seen.push(status));
     const stream = consume(tide, consumer, group);
     await eventually(() => stream.state.caughtUp, 'caught up');
 
@@ -167,6 +169,17 @@ describe('the PostgreSQL server stopped and started under a durable consumer', (
       async () => (await tide.consumers()).find((info) => info.name === consumer)?.lagChanges === 0,
       'position saved after the restarts',
     );
+    // status$ told the story: LISTEN up, down and up again; the stream live, then reconnecting, then live again.
+    const listen = seen.map((status) => status.listen).filter((state, index, all) => state !== all[index - 1]);
+    // connect() resolves once LISTEN is up.
+    expect(listen[0]).toBe('up');
+    expect(listen).toContain('down');
+    expect(listen.at(-1)).toBe('up');
+    const phasesSeen = seen.flatMap((status) => status.streams.filter((entry) => entry.consumer?.startsWith(consumer)).map((entry) => entry.phase));
+    expect(phasesSeen).toContain('live');
+    expect(phasesSeen).toContain('reconnecting');
+    expect(seen.at(-1)!.streams.filter((entry) => entry.consumer?.startsWith(consumer)).every((entry) => entry.phase === 'live')).toBe(true);
+    statuses.unsubscribe();
     stream.unsubscribe();
     await tide.close();
   }, 40_000);
