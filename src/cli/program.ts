@@ -6,6 +6,7 @@ import { columns as alignColumns, formatAge } from './format.js';
 import { databaseUrl, openSession, type GlobalOptions, type Session, type SessionOptions } from './session.js';
 import { formatStatus, readStatus } from './status.js';
 import { relay } from './relay.js';
+import { startRepl } from './repl.js';
 import { tail } from './tail.js';
 
 /**
@@ -135,6 +136,13 @@ function buildProgram(): Command {
         },
       ),
     );
+
+  program
+    .command('repl')
+    .description('a Node REPL with a connected tide, rxjs and every operator in scope (top-level await; .tail <table>, .stop)')
+    .action(withSession(program, { install: true }, async (session) => {
+      process.exitCode = await startRepl(session);
+    }));
 
   program
     .command('status')

@@ -25,7 +25,7 @@ describe('pgtide command line', () => {
   it('--help lists every command and the exit codes', async () => {
     const result = await runCli(['--help']);
     expect(result.code).toBe(0);
-    for (const command of ['install', 'watch', 'unwatch', 'tail', 'relay', 'status', 'prune', 'consumers', 'dead-letters']) {
+    for (const command of ['install', 'watch', 'unwatch', 'tail', 'relay', 'repl', 'status', 'prune', 'consumers', 'dead-letters']) {
       expect(result.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'));
     }
     expect(result.stdout).toContain('--url <url>');
