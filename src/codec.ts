@@ -11,6 +11,34 @@ const tag = '$pgtide';
 
 type Tagged = { readonly [tag]: string; readonly v?: unknown };
 
+// Node has Buffer (what pg returns for bytea); a browser has only Uint8Array and atob/btoa.
+const NodeBuffer = (globalThis as { Buffer?: typeof Buffer }).Buffer;
+
+function toBase64(bytes: Uint8Array): string {
+  if (NodeBuffer) return NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
+  let binary = '';
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary);
+}
+
+function fromBase64(text: string): Uint8Array {
+  if (NodeBuffer) return NodeBuffer.from(text, 'base64');
+  return Uint8Array.from(atob(text), (char) => char.charCodeAt(0));
+}
+
+/**
+ * Any value (a row, a key) as JSON-ready data that {@link decodeValues} turns back into
+ * the same value (see {@link encodeChange} for the tags).
+ */
+export function encodeValues(value: unknown): unknown {
+  return encodeValue(value);
+}
+
+/** The value {@link encodeValues} encoded (after `JSON.parse`). */
+export function decodeValues(value: unknown): unknown {
+  return decodeValue(value);
+}
+
 function encodeValue(value: unknown): unknown {
   switch (typeof value) {
     case 'bigint':
@@ -23,7 +51,7 @@ function encodeValue(value: unknown): unknown {
     case 'object': {
       if (value === null) return null;
       if (value instanceof Date) return { [tag]: 'date', v: Number.isNaN(value.getTime()) ? null : value.toISOString() };
-      if (value instanceof Uint8Array) return { [tag]: 'bytes', v: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };
+      if (value instanceof Uint8Array) return { [tag]: 'bytes', v: toBase64(value) };
       if (Array.isArray(value)) return value.map(encodeValue);
       // fromEntries defines own properties: a column or JSON key named __proto__ stays data.
       const encoded = Object.fromEntries(Object.entries(value).map(([key, field]) => [key, encodeValue(field)]));
@@ -57,7 +85,7 @@ function decodeTagged(value: Tagged): unknown {
     case 'date':
       return new Date(value.v === null ? Number.NaN : (value.v as string));
     case 'bytes':
-      return Buffer.from(value.v as string, 'base64');
+      return fromBase64(value.v as string);
     case 'object':
       return decodeFields(value.v as Record<string, unknown>);
     default:
@@ -71,7 +99,8 @@ const operations: ReadonlySet<Operation> = new Set(['insert', 'update', 'delete'
 
 /**
  * A change as JSON text that {@link decodeChange} turns back into the same change: every
- * value as `changes$` delivered it (bigints, Dates, bytes, NaN and -0 included; class
+ * value as `changes$` delivered it (bigints, Dates, bytes (a Buffer in Node, a Uint8Array in
+ * a browser), NaN and -0 included; class
  * instances, such as an interval, arrive as plain objects of their fields). What the
  * JetStream relay publishes, readable from any language: plain JSON, with values JSON
  * cannot hold written as `{"$pgtide": "<tag>", "v": ...}`.

@@ -37,7 +37,7 @@ import {
   type ConnectOptions,
 } from './options.js';
 import { classifyDatabaseError, resolveSchemaNames, type SchemaNames } from './sql.js';
-import { liveState } from './state.js';
+import { liveRows, liveState } from './state.js';
 import { Tables } from './tables.js';
 import { listWatched, readLogStats, type LogStats, type WatchedTable } from './status.js';
 import { transactionEvents } from './transactions.js';
@@ -46,6 +46,7 @@ import type {
   Blocker,
   Change,
   ChangesOptions,
+  LiveEvent,
   Logger,
   RowData,
   StateOptions,
@@ -300,6 +301,26 @@ export class Tide {
     this.assertOpen();
     const parsed = parseWaitFor(txid, options);
     await waitForTransaction(this.pool, this.hub, parsed.txid, parsed.options.timeout ?? 10_000);
+  }
+
+  /**
+   * A table's rows (or one row's, with `rowId`) and what happens to them: first
+   * `{ kind: 'snapshot', rows }` (a `Map` from `stateKey` to row), then
+   * `{ kind: 'change', change }` for each change after it. Snapshot and changes fit
+   * exactly (see {@link Tide.state$}). For views that apply changes themselves, such as
+   * `pgtide/http`'s `liveHandler`.
+   *
+   * @example
+   * ```ts
+   * tide.live$('mail_users').subscribe((event) =>
+   *   event.kind === 'snapshot' ? render(event.rows) : apply(event.change));
+   * ```
+   */
+  live$<Row = RowData>(table: string, options: StateOptions<Row> = {}): Observable<LiveEvent<Row>> {
+    this.assertOpen();
+    const name = parseTableArgument(table);
+    const parsed = parseStateOptions<Row>(options);
+    return liveRows(this.streamContext(), this.pool, this.names, name, parsed);
   }
 
   /**

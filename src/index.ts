@@ -21,6 +21,7 @@ export type {
   ConsumerExpiredWarning,
   ConsumerStalledWarning,
   GroupShare,
+  LiveEvent,
   Transaction,
   TransactionsOptions,
   WaitForOptions,

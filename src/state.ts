@@ -1,5 +1,5 @@
 import type { Pool } from 'pg';
-import { defer, filter, map, startWith, switchMap, type Observable } from 'rxjs';
+import { connect, defer, filter, first, map, startWith, switchMap, type Observable } from 'rxjs';
 import { stateKey, toState } from '../operators/toState.js';
 import { projectRow, rowKeyString } from './change.js';
 import type { TableInfo } from './catalog.js';
@@ -7,19 +7,19 @@ import { changeEvents, rowIdValues, type ResumePoint, type StreamContext } from 
 import { PgTideError } from './errors.js';
 import { parseSnapshot } from './log.js';
 import { classifyDatabaseError, inTransaction, type SchemaNames } from './sql.js';
-import type { Change, RowData, StateOptions, StreamEvent } from './types.js';
+import type { Change, LiveEvent, RowData, StateOptions, StreamEvent } from './types.js';
 
 /**
- * The stream behind `state$`: the rows read at one snapshot, then a new map after each
- * change that snapshot does not hold (see {@link readSnapshot}).
+ * The stream behind `live$`: the rows read at one snapshot (keyed by `stateKey`), then
+ * each change that snapshot does not hold.
  */
-export function liveState<Row>(
+export function liveRows<Row>(
   context: StreamContext,
   pool: Pool,
   schema: SchemaNames,
   table: string,
   options: StateOptions<Row>,
-): Observable<ReadonlyMap<string, Row>> {
+): Observable<LiveEvent<Row>> {
   return defer(async () => {
     let keyValues: Record<string, unknown> | undefined;
     const info = await context.prepare(table, options.columns, (described) => {
@@ -29,19 +29,43 @@ export function liveState<Row>(
       throw classifyDatabaseError(error, `state$('${table}')`) ?? error;
     });
     const keep = options.columns ? new Set([...info.keyColumns, ...options.columns]) : undefined;
-    const initial = new Map<string, Row>();
+    const rows = new Map<string, Row>();
     for (const [key, row] of snapshot.rows) {
       const projected = keep ? projectRow(row, keep)! : row;
-      initial.set(key, options.schema ? parseSnapshotRow(options.schema, projected, info.qualified, key) : (projected as Row));
+      rows.set(key, options.schema ? parseSnapshotRow(options.schema, projected, info.qualified, key) : (projected as Row));
     }
-    return { initial, resume: snapshot.resume };
+    return { rows, resume: snapshot.resume };
   }).pipe(
-    switchMap(({ initial, resume }) =>
+    switchMap(({ rows, resume }) =>
       changeEvents<Row>(context, table, options, resume).pipe(
         filter((event): event is Extract<StreamEvent<Row>, { kind: 'change' }> => event.kind === 'change'),
-        map((event): Change<Row> => event.change),
-        toState<Row>(stateKey, initial),
-        startWith(initial as ReadonlyMap<string, Row>),
+        startWith<LiveEvent<Row>>({ kind: 'snapshot', rows }),
+      ),
+    ),
+  );
+}
+
+/** The stream behind `state$`: `live$`'s snapshot, then a new map after each change. */
+export function liveState<Row>(
+  context: StreamContext,
+  pool: Pool,
+  schema: SchemaNames,
+  table: string,
+  options: StateOptions<Row>,
+): Observable<ReadonlyMap<string, Row>> {
+  return liveRows(context, pool, schema, table, options).pipe(
+    connect((events) =>
+      events.pipe(
+        first(),
+        switchMap((snapshot) => {
+          const initial = (snapshot as Extract<LiveEvent<Row>, { kind: 'snapshot' }>).rows;
+          return events.pipe(
+            filter((event): event is Extract<LiveEvent<Row>, { kind: 'change' }> => event.kind === 'change'),
+            map((event): Change<Row> => event.change),
+            toState<Row>(stateKey, initial),
+            startWith(initial as ReadonlyMap<string, Row>),
+          );
+        }),
       ),
     ),
   );

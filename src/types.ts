@@ -296,6 +296,21 @@ export interface StateOptions<Row = RowData> {
 }
 
 /**
+ * What `tide.live$` emits: first the table's rows (`snapshot`, keyed by `stateKey`), then
+ * each change after them, as `changes$` delivers it.
+ */
+export type LiveEvent<Row = RowData> =
+  | {
+      readonly kind: 'snapshot';
+      /** The rows at one snapshot, by `stateKey(change)` of their key. */
+      readonly rows: ReadonlyMap<string, Row>;
+    }
+  | {
+      readonly kind: 'change';
+      readonly change: Change<Row>;
+    };
+
+/**
  * What a stream is doing: `starting` (describing the table, registering its consumer),
  * `replaying` the backlog, `live` (caught up, on the table's shared feed), `standby`
  * (another stream reads for its consumer), or `reconnecting` (reads are failing and
