@@ -5,7 +5,7 @@ import { defineConfig, type Options } from 'tsup';
  * The published build, in `dist/` (or `tsup --out-dir <dir>`):
  *
  * - the library: ESM (`.js`) and CommonJS (`.cjs`) with declarations (`.d.ts`, `.d.cts`)
- *   for the six entry points of the `exports` map;
+ *   for the eight entry points of the `exports` map;
  * - the `pgtide` command, `cli.js` (ESM only: it is run, never `require`d).
  *
  * Both formats use code splitting, so `pgtide`, `pgtide/operators` and `pgtide/testing`
@@ -38,6 +38,8 @@ export default defineConfig((overrides) => {
       embedded: 'src/embedded.ts',
       nats: 'src/nats.ts',
       metrics: 'src/metrics.ts',
+      http: 'src/http.ts',
+      client: 'src/client.ts',
     },
     format: ['esm', 'cjs'],
     dts: true,

@@ -119,12 +119,18 @@ export function encodeChange(change: Change<unknown>): string {
  * @throws PgTideError `INVALID_MESSAGE` when the text is not an encoded change.
  */
 export function decodeChange<Row = Record<string, unknown>>(text: string): Change<Row> {
-  let body: Record<string, unknown>;
+  let body: unknown;
   try {
-    body = JSON.parse(text) as Record<string, unknown>;
+    body = JSON.parse(text);
   } catch (error) {
     throw new PgTideError('INVALID_MESSAGE', `not an encoded change: ${String(error)}`, {}, { cause: error });
   }
+  return changeFromData<Row>(body);
+}
+
+/** @internal {@link decodeChange} of text already parsed (an encoded change inside a larger JSON document). */
+export function changeFromData<Row = Record<string, unknown>>(data: unknown): Change<Row> {
+  const body = data as Record<string, unknown>;
   if (typeof body !== 'object' || body === null) throw new PgTideError('INVALID_MESSAGE', 'not an encoded change: not a JSON object', {});
   const { id, txid, schema, table, op, changed, committedAt } = body;
   if (

@@ -23,7 +23,8 @@ export type PgTideErrorCode =
   | 'TRANSACTION_ROLLED_BACK'
   | 'CLOSED'
   | 'INVALID_MESSAGE'
-  | 'NATS_STREAM_MISMATCH';
+  | 'NATS_STREAM_MISMATCH'
+  | 'FORBIDDEN';
 
 /**
  * Every error pgtide raises on purpose. `code` is stable; `cause` holds the

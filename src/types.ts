@@ -301,12 +301,15 @@ export interface StateOptions<Row = RowData> {
  */
 export type LiveEvent<Row = RowData> =
   | {
+      /** The table's rows, first. */
       readonly kind: 'snapshot';
       /** The rows at one snapshot, by `stateKey(change)` of their key. */
       readonly rows: ReadonlyMap<string, Row>;
     }
   | {
+      /** A change after the snapshot. */
       readonly kind: 'change';
+      /** The change, as `changes$` delivers it. */
       readonly change: Change<Row>;
     };
 
@@ -324,6 +327,7 @@ export interface StreamStatus {
   readonly table: string;
   /** Its durable consumer (a group partition's own name, `<group>/<n>`), if any. */
   readonly consumer?: string;
+  /** What it is doing now. */
   readonly phase: StreamPhase;
 }
 
@@ -331,6 +335,7 @@ export interface StreamStatus {
 export interface TideStatus {
   /** The LISTEN connection: `connecting` before it was first up, then `up` or `down`. */
   readonly listen: 'connecting' | 'up' | 'down';
+  /** Every stream of the Tide (each consumer group partition too), in the order they started. */
   readonly streams: readonly StreamStatus[];
 }
 

@@ -13,7 +13,7 @@ describe('npm run docs', () => {
   const out = mkdtempSync(join(tmpdir(), 'pgtide-docs-'));
   afterAll(() => rmSync(out, { recursive: true, force: true }));
 
-  it('generates the API reference of the six entry points with typedoc', async () => {
+  it('generates the API reference of the eight entry points with typedoc', async () => {
     // `npm run docs` is `typedoc` with typedoc.json; only the output directory differs here.
     const typedoc = join(dirname(require.resolve('typedoc/package.json')), 'bin', 'typedoc');
     const output = await new Promise<string>((resolve, reject) => {
@@ -25,7 +25,7 @@ describe('npm run docs', () => {
     // Every public member is documented: typedoc reports neither errors nor warnings.
     expect(output).not.toMatch(/\[(warning|error)\]/);
     expect(output).toMatch(/html generated at/);
-    for (const module of ['pgtide', 'pgtide_operators', 'pgtide_testing', 'pgtide_embedded', 'pgtide_nats', 'pgtide_metrics']) {
+    for (const module of ['pgtide', 'pgtide_operators', 'pgtide_testing', 'pgtide_embedded', 'pgtide_nats', 'pgtide_metrics', 'pgtide_http', 'pgtide_client']) {
       expect(existsSync(join(out, 'modules', `${module}.html`))).toBe(true);
     }
     const connect = readFileSync(join(out, 'functions', 'pgtide.connect.html'), 'utf8');

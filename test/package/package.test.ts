@@ -104,14 +104,14 @@ describe('the packed package', () => {
   it('ships the build, its declarations and the README, nothing else', () => {
     expect(packedFiles).toContain('package.json');
     expect(packedFiles).toContain('README.md');
-    for (const entry of ['index', 'operators', 'testing', 'embedded', 'nats', 'metrics']) {
+    for (const entry of ['index', 'operators', 'testing', 'embedded', 'nats', 'metrics', 'http', 'client']) {
       for (const extension of ['js', 'cjs', 'd.ts', 'd.cts']) expect(packedFiles).toContain(`dist/${entry}.${extension}`);
     }
     expect(packedFiles).toContain('dist/cli.js');
     const others = packedFiles.filter((path) => !path.startsWith('dist/') && !['package.json', 'README.md', 'LICENSE'].includes(path));
     expect(others).toEqual([]);
     expect(packedFiles.filter((path) => /\.(map|ts)$/.test(path) && !/\.d\.c?ts$/.test(path))).toEqual([]);
-    expect(Object.keys(packageJson.exports).sort()).toEqual(['.', './embedded', './metrics', './nats', './operators', './package.json', './testing']);
+    expect(Object.keys(packageJson.exports).sort()).toEqual(['.', './client', './embedded', './http', './metrics', './nats', './operators', './package.json', './testing']);
   });
 
   /** What both module formats must report: every entry point, one delivery ledger, typed errors. */
@@ -129,6 +129,8 @@ describe('the packed package', () => {
       fromJetStream: 'function',
       encodeChange: 'function',
       registerMetrics: 'function',
+      liveHandler: 'function',
+      liveState: 'function',
     },
     sameAcknowledge: true,
     built: 'insert',
