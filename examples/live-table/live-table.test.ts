@@ -4,8 +4,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Tide } from '../../src/index.js';
 import { createTestDatabase, type TestDatabase } from '../../test/helpers.js';
-import { createLiveTableServer, type LiveTableServer } from './server.js';
+import { createLiveTableServer, type LiveTableOptions, type LiveTableServer } from './server.js';
 
 /** Debian's `chromium` package; CHROMIUM_PATH to use another build. `.ci/run` installs it. */
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -28,6 +29,7 @@ if (!existsSync(CHROMIUM)) console.warn(`live-table browser test skipped: no Chr
 
 describe.skipIf(!existsSync(CHROMIUM))('live-table example in headless Chromium', () => {
   let db: TestDatabase;
+  let tide: Tide;
   let live: LiveTableServer;
   let url: string;
   let userDataDir: string;
@@ -52,12 +54,29 @@ describe.skipIf(!existsSync(CHROMIUM))('live-table example in headless Chromium'
     await db.pool.query(`
       CREATE TABLE mail_users (id int PRIMARY KEY, username text NOT NULL, quota_bytes bigint NOT NULL, last_login timestamptz);
       INSERT INTO mail_users VALUES (1, 'ann', 1000), (2, 'bob', 500);`);
-    const tide = await db.tide();
-    live = createLiveTableServer({
+    tide = await db.tide();
+    live = createLiveTableServer(serverOptions());
+    url = await live.listen();
+    userDataDir = mkdtempSync(join(tmpdir(), 'pgtide-chromium-'));
+    browser = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      timeout: 60_000,
+    });
+    page = browser.pages()[0] ?? (await browser.newPage());
+  });
+
+  /** The example server as this test runs it: pages with `?user=<name>` see only rows of that username. */
+  const serverOptions = (): LiveTableOptions => ({
       tide,
       table: 'mail_users',
       columns: ['id', 'username', 'quota_bytes'],
       title: 'Mail users',
+      authorize: (request) => {
+        const user = new URL(request.url ?? '/', 'http://x').searchParams.get('user');
+        return user ? { rowFilter: (row) => row['username'] === user } : {};
+      },
       write: async (row) => {
         const { rows } = await db.pool.query<{ txid: string }>(
           `WITH written AS (
@@ -68,16 +87,6 @@ describe.skipIf(!existsSync(CHROMIUM))('live-table example in headless Chromium'
         );
         return rows[0]!.txid;
       },
-    });
-    url = await live.listen();
-    userDataDir = mkdtempSync(join(tmpdir(), 'pgtide-chromium-'));
-    browser = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: 60_000,
-    });
-    page = browser.pages()[0] ?? (await browser.newPage());
   });
   afterAll(async () => {
     await browser?.close();
@@ -159,6 +168,54 @@ describe.skipIf(!existsSync(CHROMIUM))('live-table example in headless Chromium'
     expect(answer).toMatchObject({ confirmed: true, txid: expect.stringMatching(/^\d+$/) });
     // The server's stream had it when it answered; the page gets it over the same open stream.
     await expect.poll(() => page.textContent('tr[data-key="5"] td[data-column="quota_bytes"]'), { timeout: 1000, interval: 10 }).toBe('55');
+  });
+
+  it('converges without a reload when the server restarts and when the network drops', async () => {
+    const port = Number(new URL(url).port);
+    // The server process goes away (its shared stream with it) and comes back on the same port.
+    await live.close();
+    await expect.poll(() => page.textContent('#status'), { timeout: FOLLOW_WITHIN_MS }).toBe('reconnecting');
+    await db.pool.query(`UPDATE mail_users SET quota_bytes = 11 WHERE id = 1`);
+    await db.pool.query(`INSERT INTO mail_users VALUES (6, 'fay', 66)`);
+    live = createLiveTableServer(serverOptions());
+    await live.listen(port);
+    await pageFollows();
+    await expect.poll(() => page.textContent('#status'), { timeout: FOLLOW_WITHIN_MS }).toBe('live');
+    // The browser goes offline (its stream cut), changes happen, it comes back.
+    await browser.setOffline(true);
+    live.server.closeAllConnections();
+    await expect.poll(() => page.textContent('#status'), { timeout: FOLLOW_WITHIN_MS }).toBe('reconnecting');
+    await db.pool.query(`UPDATE mail_users SET quota_bytes = 12 WHERE id = 1`);
+    await db.pool.query(`DELETE FROM mail_users WHERE id = 6`);
+    await browser.setOffline(false);
+    await pageFollows();
+    await db.pool.query(`UPDATE mail_users SET quota_bytes = 13 WHERE id = 1`);
+    await pageFollows();
+  });
+
+  it('shows two browsers only the rows authorize lets each see', async () => {
+    const ann = await browser.newPage();
+    const bob = await browser.newPage();
+    try {
+      await ann.goto(`${url}?user=ann2`);
+      await bob.goto(`${url}?user=eve`);
+      const only = async (target: Page, username: string) => {
+        const want = (await expected()).filter((row) => row[1] === username);
+        await expect.poll(() => shown(target), { timeout: FOLLOW_WITHIN_MS, interval: 25 }).toEqual(want);
+      };
+      await only(ann, 'ann2');
+      await only(bob, 'eve');
+      // A row moves from one user to the other: it leaves one page and enters the other.
+      await db.pool.query(`UPDATE mail_users SET username = 'eve' WHERE id = 1`);
+      await only(ann, 'ann2');
+      await only(bob, 'eve');
+      expect(await shown(ann)).toEqual([]);
+      expect((await shown(bob)).map((row) => row[0])).toEqual(['1', '5']);
+      await pageFollows(page);
+    } finally {
+      await ann.close();
+      await bob.close();
+    }
   });
 
   it('saves a screenshot of the live page', async () => {

@@ -1,173 +1,95 @@
-// A web page that shows a table and stays in sync with it: one `tide.state$()` shared
-// by every browser, pushed with Server-Sent Events as a snapshot, then deltas.
+// A web page that shows a table and stays in sync with it: pgtide/http serves the rows
+// (one shared stream for every browser), pgtide/client keeps them live in the page.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { shareReplay, type Observable } from 'rxjs';
-// In an application: import type { Tide } from 'pgtide';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+// In an application: import { liveHandler } from 'pgtide/http'; import type { Tide } from 'pgtide';
 import type { Tide } from '../../src/connect.js';
+import { liveHandler, type LiveAccess } from '../../src/http.js';
 import type { RowData } from '../../src/types.js';
 
 export interface LiveTableOptions {
-  /** A connected Tide (`state$`, and `waitFor` to confirm writes). */
-  readonly tide: Pick<Tide, 'state$' | 'waitFor'>;
-  /**
-   * Writes one row sent with `POST /rows` (a JSON object) and returns its transaction id
-   * (`pg_current_xact_id()::text`). The response waits until every open page's stream
-   * has the change (`tide.waitFor`). Without it, `POST /rows` is not served.
-   */
-  readonly write?: (row: RowData) => Promise<string>;
-  /** The table to show: `'name'` or `'schema.name'`. */
+  /** A connected Tide (`live$` behind the handler, `waitFor` to confirm writes). */
+  readonly tide: Tide;
+  /** The table to show, and the columns shown (include the key to show it). */
   readonly table: string;
-  /** The columns shown, in order; include the primary key to show it. Updates of other columns are not sent. */
   readonly columns: readonly string[];
   /** Page heading. Default: the table name. */
   readonly title?: string;
-  /** Milliseconds between SSE comments that keep proxies from closing a quiet stream. Default 15000. */
-  readonly heartbeatMs?: number;
-}
-
-/** One row as the page receives it: its key (see `stateKey`) and its values. */
-export interface WireRow {
-  readonly key: string;
-  readonly row: RowData;
-}
-
-/** The first event on each connection: every row. */
-export interface SnapshotEvent {
-  readonly rows: readonly WireRow[];
-}
-
-/** Every later event: rows added or changed, keys removed. */
-export interface DeltaEvent {
-  readonly upsert: readonly WireRow[];
-  readonly remove: readonly string[];
+  /** Which rows a request may see (see pgtide/http); the page passes its own query string on. */
+  readonly authorize?: (request: IncomingMessage) => LiveAccess<RowData> | Promise<LiveAccess<RowData>>;
+  /** Writes one row sent with `POST /rows`, returning its `pg_current_xact_id()::text`; the answer waits for `tide.waitFor`. */
+  readonly write?: (row: RowData) => Promise<string>;
 }
 
 export interface LiveTableServer {
   readonly server: Server;
   /** Starts listening (port 0: any free port); resolves to the page's URL. */
   listen(port?: number, host?: string): Promise<string>;
-  /** Ends every event stream and stops the server. */
   close(): Promise<void>;
 }
 
-/**
- * `GET /` serves the page, `GET /events` the event stream. All connections share one
- * `state$` subscription (`shareReplay`): a new browser gets the current rows as its
- * snapshot, then the changes. When the last browser leaves, the subscription ends;
- * the next one reads a fresh snapshot.
- */
+/** `GET /` the page, `GET /live` the rows (pgtide/http), `GET /client.js` pgtide/client for the browser, `POST /rows` a write. */
 export function createLiveTableServer(options: LiveTableOptions): LiveTableServer {
-  const state$: Observable<ReadonlyMap<string, RowData>> = options.tide
-    .state$(options.table, { columns: [...options.columns] })
-    .pipe(shareReplay({ bufferSize: 1, refCount: true }));
+  const live = liveHandler(options.tide, options.table, {
+    columns: options.columns,
+    ...(options.authorize ? { authorize: options.authorize } : {}),
+  });
   const page = renderPage(options.title ?? options.table, options.columns);
-  const heartbeatMs = options.heartbeatMs ?? 15_000;
-
+  const client = browserClient();
   const server = createServer((request, response) => {
     const path = new URL(request.url ?? '/', 'http://localhost').pathname;
-    if (request.method === 'GET' && path === '/') {
-      response.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
-      response.end(page);
-    } else if (request.method === 'GET' && path === '/events') {
-      streamEvents(request, response, state$, heartbeatMs);
-    } else if (request.method === 'POST' && path === '/rows' && options.write) {
-      void confirmWrite(request, response, options.write, options.tide);
-    } else {
-      response.writeHead(404, { 'content-type': 'text/plain' });
-      response.end('not found\n');
-    }
+    if (request.method === 'GET' && path === '/') send(response, 'text/html', page);
+    else if (request.method === 'GET' && path === '/live') live(request, response);
+    else if (request.method === 'GET' && path === '/client.js') void client.then((code) => send(response, 'text/javascript', code));
+    else if (request.method === 'POST' && path === '/rows' && options.write) void confirmWrite(request, response, options.write, options.tide);
+    else response.writeHead(404).end();
   });
-
   return {
     server,
     listen: (port = 0, host = '127.0.0.1') =>
       new Promise((resolve, reject) => {
         server.once('error', reject);
-        server.listen(port, host, () => {
-          const address = server.address() as AddressInfo;
-          resolve(`http://${host}:${address.port}/`);
-        });
+        server.listen(port, host, () => resolve(`http://${host}:${(server.address() as AddressInfo).port}/`));
       }),
     close: () =>
       new Promise((resolve) => {
+        live.close();
         server.close(() => resolve());
-        // Event streams never end on their own.
         server.closeAllConnections();
       }),
   };
 }
 
-/**
- * Read your writes: answers only once the change is in the shared state every page
- * follows, so the client that wrote sees it on its page when the response arrives.
- */
-async function confirmWrite(
-  request: IncomingMessage,
-  response: ServerResponse,
-  write: (row: RowData) => Promise<string>,
-  tide: Pick<Tide, 'waitFor'>,
-): Promise<void> {
+function send(response: ServerResponse, type: string, body: string): void {
+  response.writeHead(200, { 'content-type': `${type}; charset=utf-8`, 'cache-control': 'no-store' }).end(body);
+}
+
+/** pgtide/client and rxjs as one ES module for the page (an application's bundler does this). */
+async function browserClient(): Promise<string> {
+  const result = await build({
+    entryPoints: [fileURLToPath(new URL('../../src/client.ts', import.meta.url))],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    write: false,
+    minify: true,
+  });
+  return result.outputFiles[0]!.text;
+}
+
+/** Read your writes: answers once every page's stream has the change. */
+async function confirmWrite(request: IncomingMessage, response: ServerResponse, write: (row: RowData) => Promise<string>, tide: Tide): Promise<void> {
   try {
     let body = '';
     for await (const chunk of request) body += String(chunk);
-    const row = JSON.parse(body) as RowData;
-    const txid = await write(row);
+    const txid = await write(JSON.parse(body) as RowData);
     await tide.waitFor(txid, { timeout: 5000 });
-    response.writeHead(200, { 'content-type': 'application/json' });
-    response.end(JSON.stringify({ txid, confirmed: true }));
+    response.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ txid, confirmed: true }));
   } catch (error) {
-    response.writeHead(400, { 'content-type': 'application/json' });
-    response.end(JSON.stringify({ error: String(error) }));
+    response.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: String(error) }));
   }
-}
-
-function streamEvents(
-  request: IncomingMessage,
-  response: ServerResponse,
-  state$: Observable<ReadonlyMap<string, RowData>>,
-  heartbeatMs: number,
-): void {
-  response.writeHead(200, {
-    'content-type': 'text/event-stream; charset=utf-8',
-    'cache-control': 'no-store',
-    connection: 'keep-alive',
-  });
-  const send = (event: string, data: unknown) => response.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-  let previous: ReadonlyMap<string, RowData> | undefined;
-  const subscription = state$.subscribe({
-    next: (rows) => {
-      if (previous === undefined) {
-        send('snapshot', { rows: [...rows].map(([key, row]) => ({ key, row })) } satisfies SnapshotEvent);
-      } else {
-        const delta = diff(previous, rows);
-        if (delta.upsert.length > 0 || delta.remove.length > 0) send('delta', delta);
-      }
-      previous = rows;
-    },
-    // The page shows it; EventSource then reconnects and gets a fresh snapshot.
-    error: (error: unknown) => {
-      send('failure', { message: error instanceof Error ? error.message : String(error) });
-      response.end();
-    },
-    complete: () => response.end(),
-  });
-  const heartbeat = setInterval(() => response.write(': keep-alive\n\n'), heartbeatMs);
-  request.on('close', () => {
-    clearInterval(heartbeat);
-    subscription.unsubscribe();
-  });
-}
-
-/**
- * What changed between two states. `state$` emits a new Map per change but keeps the
- * objects of unchanged rows, so comparing by reference finds the changed ones.
- */
-export function diff(previous: ReadonlyMap<string, RowData>, next: ReadonlyMap<string, RowData>): DeltaEvent {
-  const upsert: WireRow[] = [];
-  for (const [key, row] of next) if (previous.get(key) !== row) upsert.push({ key, row });
-  const remove = [...previous.keys()].filter((key) => !next.has(key));
-  return { upsert, remove };
 }
 
 /** JSON that is safe inside a `<script>` element. */
@@ -204,73 +126,46 @@ function renderPage(title: string, columns: readonly string[]): string {
   <thead><tr>${columns.map((column) => `<th>${escapeHtml(column)}</th>`).join('')}</tr></thead>
   <tbody></tbody>
 </table>
-<script>
+<script type="module">
+import { liveState } from '/client.js';
 const columns = ${scriptJson(columns)};
 const tbody = document.querySelector('tbody');
 const statusLine = document.getElementById('status');
-const count = document.getElementById('count');
-const rows = new Map(); // key -> <tr>
 const order = new Intl.Collator(undefined, { numeric: true });
+const shown = new Map(); // key -> { tr, row }
+const show = (value) => (value === null || value === undefined ? '' : typeof value === 'object' ? JSON.stringify(value) : String(value));
 
-function setStatus(state, text) {
-  statusLine.dataset.state = state;
-  statusLine.textContent = text ?? state;
-}
-
-function show(value) {
-  if (value === null || value === undefined) return '';
-  return typeof value === 'object' ? JSON.stringify(value) : String(value);
-}
-
-// The body stays sorted by key: a new row goes before the first row with a greater key
-// (or, for the already sorted snapshot, at the end).
-function upsert({ key, row }, highlight, append) {
-  let tr = rows.get(key);
-  if (!tr) {
-    tr = document.createElement('tr');
-    tr.dataset.key = key;
-    for (const column of columns) {
-      const td = document.createElement('td');
-      td.dataset.column = column;
-      tr.append(td);
+// Renders the state: rows whose object changed are rewritten (and flash), in key order.
+function render(rows, highlight) {
+  for (const [key, entry] of shown) if (!rows.has(key)) { entry.tr.remove(); shown.delete(key); }
+  for (const key of [...rows.keys()].sort(order.compare)) {
+    const row = rows.get(key);
+    let entry = shown.get(key);
+    if (entry && entry.row === row) continue;
+    if (!entry) {
+      const tr = document.createElement('tr');
+      tr.dataset.key = key;
+      for (const column of columns) { const td = document.createElement('td'); td.dataset.column = column; tr.append(td); }
+      const next = [...tbody.children].find((other) => order.compare(other.dataset.key, key) > 0);
+      tbody.insertBefore(tr, next ?? null);
+      entry = { tr, row };
+      shown.set(key, entry);
     }
-    const next = append ? null : [...tbody.children].find((other) => order.compare(other.dataset.key, key) > 0);
-    tbody.insertBefore(tr, next ?? null);
-    rows.set(key, tr);
+    entry.row = row;
+    // textContent, never innerHTML: row values are data, not markup.
+    columns.forEach((column, index) => (entry.tr.children[index].textContent = show(row[column])));
+    if (highlight) { entry.tr.classList.remove('changed'); void entry.tr.offsetWidth; entry.tr.classList.add('changed'); }
   }
-  // textContent, never innerHTML: row values are data, not markup.
-  columns.forEach((column, index) => (tr.children[index].textContent = show(row[column])));
-  if (highlight) {
-    tr.classList.remove('changed');
-    void tr.offsetWidth;
-    tr.classList.add('changed');
-  }
+  document.getElementById('count').textContent = rows.size;
 }
 
-function remove(key) {
-  rows.get(key)?.remove();
-  rows.delete(key);
-}
-
-const events = new EventSource('events');
-events.addEventListener('snapshot', (event) => {
-  const { rows: list } = JSON.parse(event.data);
-  tbody.replaceChildren();
-  rows.clear();
-  list.sort((a, b) => order.compare(a.key, b.key));
-  for (const entry of list) upsert(entry, false, true);
-  count.textContent = rows.size;
-  setStatus('live');
-});
-events.addEventListener('delta', (event) => {
-  const delta = JSON.parse(event.data);
-  for (const key of delta.remove) remove(key);
-  for (const entry of delta.upsert) upsert(entry, true, false);
-  count.textContent = rows.size;
-});
-events.addEventListener('failure', (event) => setStatus('error', 'error: ' + JSON.parse(event.data).message));
-events.addEventListener('error', () => {
-  if (statusLine.dataset.state !== 'error') setStatus('reconnecting');
+liveState('/live' + location.search).subscribe({
+  next: ({ rows, status }) => {
+    render(rows, status === 'live');
+    statusLine.dataset.state = status === 'snapshot' ? 'live' : status;
+    statusLine.textContent = status === 'snapshot' ? 'live' : status;
+  },
+  error: (error) => { statusLine.dataset.state = 'error'; statusLine.textContent = 'error: ' + error.message; },
 });
 </script>
 </body>
