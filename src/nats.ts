@@ -178,6 +178,7 @@ export async function relayToJetStream(tide: Tide, options: RelayOptions): Promi
     if (attempt.n > 0) counts.retries += 1;
     attempt.n += 1;
     counts.inFlight += 1;
+    emit('running');
     try {
       const ack = await js.publish(subjectOf(change), encodeChange(change), {
         msgID: `${identity}.${table.relid}.${change.id}`,
@@ -266,6 +267,8 @@ export interface FromJetStreamOptions {
   readonly ackWait?: number;
   /** Unacknowledged messages JetStream lets this consumer hold (when created). Default 1000. */
   readonly maxAckPending?: number;
+  /** Messages asked for at once (JetStream's pull batch); a smaller batch shares a durable's messages more evenly between processes. Default 256. */
+  readonly pullBatch?: number;
   /** Delay (ms) of the nak a message gets when the stream ends before it was acknowledged. Default 1000. */
   readonly nakDelay?: number;
   /** Where warnings go (a message that is not an encoded change). Default `console`. */
@@ -322,7 +325,7 @@ export function jetStreamEvents$<Row = RowData>(nats: NatsConnection, options: F
       };
       if ((await consumer.info()).num_pending === 0) caughtUpNow();
       if (stopped) return;
-      const iterator = await consumer.consume({ max_messages: Math.min(options.maxAckPending ?? 1000, 256) });
+      const iterator = await consumer.consume({ max_messages: Math.min(options.maxAckPending ?? 1000, options.pullBatch ?? 256) });
       messages = iterator;
       for await (const message of iterator) {
         if (stopped) {

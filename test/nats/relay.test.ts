@@ -142,7 +142,7 @@ describeWithNats('relayToJetStream and fromJetStream', () => {
     const handled: Array<{ member: string; id: number }> = [];
     const failures: unknown[] = [];
     const member = (name: string) =>
-      fromJetStream<{ id: number }>(nats, { stream: 'T3', durable: 'shared', filter: `t3.public.${subjectToken('odd.name')}`, ackWait: 2000 })
+      fromJetStream<{ id: number }>(nats, { stream: 'T3', durable: 'shared', filter: `t3.public.${subjectToken('odd.name')}`, ackWait: 2000, pullBatch: 2 })
         .pipe(
           processChanges(
             async (change: Change<{ id: number }>) => {

@@ -18,10 +18,13 @@ import { seeded } from './seeded.js';
  * count each row's `seq` up in commit order), the relay process (`relay-child.ts`) is
  * SIGKILLed 3 times and restarted (a fresh process with the same consumer name, which
  * takes over once the killed one's lease expired), and nats-server is restarted once
- * (SIGTERM, down for a moment; the relay's connection reconnects by itself). Afterwards
- * the stream holds every committed change exactly once by `Nats-Msg-Id` (what a killed
- * relay had not yet acknowledged is published again and JetStream drops it as a
- * duplicate), and each row's changes in commit order.
+ * (SIGTERM, down 1.2-2.2 s, longer than the publish timeout, so publishes in flight time out
+ * and are tried again; the relay's connection reconnects by itself). The faults come at
+ * seeded moments (`PGTIDE_TEST_SEED`), some while a relay that just took over, or just
+ * reconnected, works through a backlog. Afterwards the stream holds every committed change
+ * exactly once by `Nats-Msg-Id` (what a killed relay had not yet acknowledged is published
+ * again and JetStream drops it as a duplicate), each row's changes in commit order, with the
+ * relay's headers; the table prints produced / stored / duplicates / lost / out-of-order.
  */
 
 const describeWithNats = natsServerBinary ? describe : describe.skip;
@@ -58,7 +61,9 @@ interface RelayReport {
   readonly inFlight: number;
   readonly phase: string;
   readonly lastError?: string;
-  /** Parent's clock when it arrived. */
+  /** When the relay sent it (its `Date.now()`: the same clock as ours). */
+  readonly sentAt: number;
+  /** When it arrived. */
   readonly seenAt: number;
 }
 
@@ -69,6 +74,8 @@ interface RelayChild {
   readonly state: {
     ready: boolean;
     status?: RelayReport;
+    /** Every status report, in order. */
+    history: RelayReport[];
     killSentAt?: number;
     /** The last status it reported before its kill. */
     statusAtKill?: RelayReport;
@@ -76,6 +83,8 @@ interface RelayChild {
     exit?: { code: number | null; signal: NodeJS.Signals | null };
     disconnects: number;
     reconnects: number;
+    /** When the relay's NATS connection last reconnected (its clock). */
+    reconnectedAt?: number;
     publishWarnings: number;
   };
   readonly errors: string[];
@@ -123,7 +132,7 @@ function startRelay(name: string): RelayChild {
     String(publishTimeout),
   ];
   const child = spawn(process.execPath, ['--import', 'tsx', ...args], { stdio: ['ignore', 'inherit', 'pipe', 'ipc'] });
-  const state: RelayChild['state'] = { ready: false, disconnects: 0, reconnects: 0, publishWarnings: 0 };
+  const state: RelayChild['state'] = { ready: false, history: [], disconnects: 0, reconnects: 0, publishWarnings: 0 };
   const errors: string[] = [];
   // The relay warns once per failed publish (many while nats-server is down): count those, show the rest.
   let partial = '';
@@ -137,7 +146,7 @@ function startRelay(name: string): RelayChild {
       else if (line.trim() !== '') process.stderr.write(`[${name}] ${line}\n`);
     }
   });
-  child.on('message', (message: { type?: string; status?: string; code?: string; message?: string } & Partial<RelayReport>) => {
+  child.on('message', (message: { type?: string; status?: string; code?: string; message?: string; at?: number } & Partial<RelayReport>) => {
     if (message.type === 'ready') state.ready = true;
     else if (message.type === 'status') {
       state.status = {
@@ -147,11 +156,16 @@ function startRelay(name: string): RelayChild {
         inFlight: message.inFlight ?? 0,
         phase: message.phase ?? '?',
         ...(message.lastError !== undefined ? { lastError: message.lastError } : {}),
+        sentAt: message.at ?? Date.now(),
         seenAt: Date.now(),
       };
+      state.history.push(state.status);
     } else if (message.type === 'nats') {
       if (message.status === 'disconnect') state.disconnects += 1;
-      else if (message.status === 'reconnect') state.reconnects += 1;
+      else if (message.status === 'reconnect') {
+        state.reconnects += 1;
+        state.reconnectedAt = message.at ?? Date.now();
+      }
     } else if (message.type === 'error') errors.push(`${message.code ?? 'raw'}: ${message.message ?? ''}`);
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
@@ -203,7 +217,11 @@ describeWithNats('JetStream relay under faults', () => {
       const begun = Date.now();
       const random = seeded(seed);
       const pick = (low: number, high: number) => low + random() * (high - low);
-      // Four faults at seeded shares of the writes, one in each window; one of them (seeded) is the nats-server restart.
+      // Four faults, one of them (seeded) the nats-server restart. Each comes either once the
+      // writes reach a seeded share of the total (one window per fault), or `soon`: as soon as the
+      // relay has relayed a seeded few changes since the fault before was over: while a relay that
+      // just took over works through the backlog the lease wait left, or while one catches up after
+      // the nats-server restart. The first is never soon; at least one kill is.
       const windows: Array<[number, number]> = [
         [0.08, 0.2],
         [0.3, 0.42],
@@ -213,15 +231,22 @@ describeWithNats('JetStream relay under faults', () => {
       const natsSlot = Math.floor(random() * windows.length);
       const faults = windows.map(([low, high], index) => ({
         kind: index === natsSlot ? ('nats restart' as const) : ('kill' as const),
+        soon: index > 0 && random() < 0.5,
         at: Math.floor(pick(low, high) * total),
+        soonAfter: 1 + Math.floor(pick(0, 400)),
         delayMs: Math.floor(pick(0, 200)),
         downMs: Math.floor(pick(1_200, 2_200)),
       }));
-      console.log(
-        `nats-relay: seed ${seed}; faults ${faults
-          .map((fault) => `${fault.kind} at ${fault.at}${fault.kind === 'nats restart' ? ` (down ${fault.downMs} ms)` : ''} +${fault.delayMs} ms`)
-          .join(', ')} of ${total} changes`,
-      );
+      if (!faults.some((fault) => fault.soon && fault.kind === 'kill')) {
+        const kills = faults.filter((fault, index) => index > 0 && fault.kind === 'kill');
+        kills[Math.floor(random() * kills.length)]!.soon = true;
+      }
+      const describeFault = (fault: (typeof faults)[number]) =>
+        `${fault.kind} ${fault.soon ? `soon (${fault.soonAfter} relayed after the fault before)` : `at ${fault.at} +${fault.delayMs} ms`}` +
+        (fault.kind === 'nats restart' ? ` (down ${fault.downMs} ms)` : '');
+      console.log(`nats-relay: seed ${seed}; faults: ${faults.map(describeFault).join(', ')}; ${total} changes`);
+      /** While fault `index` is pending, the writes may not pass the point of the next fault that waits for one. */
+      const gateAfter = (index: number) => faults.find((fault, later) => later > index && !fault.soon)?.at ?? Number.POSITIVE_INFINITY;
 
       // The first relay creates the stream.
       let current = startRelay('R1');
@@ -235,7 +260,7 @@ describeWithNats('JetStream relay under faults', () => {
       // updates of rows chosen from the initial ones (every writer's: rows are contended, locked in
       // id order) and its own inserted late rows, plus now and then the insert of one of its late rows.
       const committed: Array<{ key: number; seq: number }> = [];
-      let gate = faults[1]!.at;
+      let gate = gateAfter(0);
       let stopWriting = false;
       const clients = await Promise.all(
         Array.from({ length: writers }, async () => {
@@ -296,7 +321,7 @@ describeWithNats('JetStream relay under faults', () => {
             ]);
             record(await transaction(client, statements));
           }
-          // Late rows the schedule did not reach are inserted at the end (none with these numbers).
+          // The schedule inserts every late row before the writer's last round.
           expect(inserted).toHaveLength(late.length);
         }),
       ).finally(() => Promise.all(clients.map((client) => client.end())));
@@ -305,12 +330,21 @@ describeWithNats('JetStream relay under faults', () => {
       let kills = 0;
       let natsRestarts = 0;
       const natsDowntimes: number[] = [];
+      const relayedBy = (child: RelayChild) => child.state.status?.relayed ?? 0;
+      /** What the relay running had relayed when the fault before was over. */
+      let baseline = 0;
       const faulting = (async () => {
         for (const [index, fault] of faults.entries()) {
-          await until(() => committed.length >= fault.at, `the writes reach fault ${index + 1}`, 45_000);
-          await sleep(fault.delayMs);
+          if (fault.soon) {
+            const relay = current;
+            const wanted = baseline + fault.soonAfter;
+            await until(() => relayedBy(relay) >= wanted, `${relay.name} relays ${wanted} (fault ${index + 1})`);
+          } else {
+            await until(() => committed.length >= fault.at, `the writes reach fault ${index + 1}`, 45_000);
+            await sleep(fault.delayMs);
+          }
           // The relay now running has taken over and relayed something: each fault hits a working relay.
-          await until(() => (current.state.status?.relayed ?? 0) > 0, `${current.name} relays`);
+          await until(() => relayedBy(current) > 0, `${current.name} relays`);
           if (fault.kind === 'kill') {
             current.state.killSentAt = Date.now();
             if (current.state.status) current.state.statusAtKill = current.state.status;
@@ -320,15 +354,21 @@ describeWithNats('JetStream relay under faults', () => {
             current = startRelay(`R${kills + 1}`);
             await until(() => current.state.ready, `${current.name} is ready`);
           } else {
-            const before = current.state.status?.relayed ?? 0;
+            const relay = current;
             const down = Date.now();
             await server!.restart({ downMs: fault.downMs });
             natsDowntimes.push(Date.now() - down);
             natsRestarts += 1;
-            const relay = current;
-            await until(() => relay.state.reconnects > 0 && (relay.state.status?.relayed ?? 0) > before, `${relay.name} relays again after the nats-server restart`);
+            // Recovered: a report sent after the reconnect counts more than any report sent before the server went down.
+            await until(() => relay.state.reconnectedAt !== undefined && relay.state.reconnectedAt >= down, `${relay.name} reconnects`);
+            const before = relay.state.history.filter((report) => report.sentAt <= down).at(-1)?.relayed ?? 0;
+            await until(
+              () => relay.state.history.some((report) => report.sentAt >= relay.state.reconnectedAt! && report.relayed > before),
+              `${relay.name} relays again after the nats-server restart`,
+            );
           }
-          gate = index + 2 < faults.length ? faults[index + 2]!.at : Number.POSITIVE_INFINITY;
+          baseline = relayedBy(current);
+          gate = gateAfter(index + 1);
         }
         gate = Number.POSITIVE_INFINITY;
       })();

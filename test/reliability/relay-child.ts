@@ -10,7 +10,7 @@
  * is something the relay rides out. Talks to the parent over IPC (see `child-ipc.ts`):
  * - `{ type: 'ready' }` once `relayToJetStream` resolved (reading, or a standby);
  * - `{ type: 'status', relayed, duplicates, retries, inFlight, phase, lastError }` every
- *   50 ms while its counts change (a SIGKILL may cut the last 50 ms off);
+ *   10 ms while its counts change (a SIGKILL may cut the last 10 ms off);
  * - `{ type: 'nats', status }` on each disconnect / reconnect of its NATS connection;
  * - `{ type: 'error', code, message }` if the relay fails;
  * - on the message `'stop'` (or SIGTERM) it closes the relay, then the Tide (which saves
@@ -58,7 +58,7 @@ const sendStatus = (): void => {
   const { relayed, duplicates, retries, inFlight, phase, lastError } = status;
   send({ type: 'status', relayed, duplicates, retries, inFlight, phase, lastError });
 };
-const ticker = setInterval(sendStatus, 50);
+const ticker = setInterval(sendStatus, 10);
 relay.done.catch((error: unknown) => {
   sendStatus();
   reportStreamError.error(error);
