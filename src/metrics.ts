@@ -78,6 +78,19 @@ export function registerMetrics(tide: Tide, options: MetricsOptions): TideMetric
         for (const [labels, value] of current) if (value > 0) this.inc(labels, value);
       },
     });
+  /** A per-consumer gauge of what `tide.consumers()` says (read when scraped). */
+  const lagGauge = (name: string, help: string, value: (info: ConsumerInfo) => number) =>
+    new Gauge({
+      name: prefix + name,
+      help,
+      labelNames: ['consumer', 'table'],
+      registers,
+      async collect() {
+        const { consumers } = await databaseFacts();
+        this.reset();
+        for (const info of consumers) this.set({ consumer: info.name, table: info.table ?? '' }, value(info));
+      },
+    });
   const tableNames = new Map<number, string>();
   const namesOf = async (relids: readonly number[]): Promise<ReadonlyMap<number, string>> => {
     const unknown = relids.filter((relid) => !tableNames.has(relid));
@@ -128,26 +141,8 @@ export function registerMetrics(tide: Tide, options: MetricsOptions): TideMetric
         for (const [consumer, inFlight] of byConsumer) this.set({ consumer }, inFlight);
       },
     }),
-    new Gauge({
-      name: `${prefix}consumer_lag_changes`,
-      help: 'Changes of its table a durable consumer has not acknowledged.',
-      labelNames: ['consumer', 'table'],
-      registers,
-      async collect() {
-        this.reset();
-        for (const info of (await databaseFacts()).consumers) this.set({ consumer: info.name, table: info.table ?? '' }, info.lagChanges);
-      },
-    }),
-    new Gauge({
-      name: `${prefix}consumer_lag_seconds`,
-      help: 'Age of the oldest change a durable consumer has not acknowledged, in seconds.',
-      labelNames: ['consumer', 'table'],
-      registers,
-      async collect() {
-        this.reset();
-        for (const info of (await databaseFacts()).consumers) this.set({ consumer: info.name, table: info.table ?? '' }, info.lagSeconds);
-      },
-    }),
+    lagGauge('consumer_lag_changes', 'Changes of its table a durable consumer has not acknowledged.', (info) => info.lagChanges),
+    lagGauge('consumer_lag_seconds', 'Age of the oldest change a durable consumer has not acknowledged, in seconds.', (info) => info.lagSeconds),
     new Gauge({
       name: `${prefix}dead_letters`,
       help: 'Dead letters kept, per consumer (or consumer group).',

@@ -59,6 +59,22 @@ afterAll(async () => {
   await db?.drop();
 });
 
+/** What a raw request to `url` receives until it holds `until`. */
+function readUntil(url: string, until: string, headers: Record<string, string> = {}): Promise<string> {
+  return new Promise((resolve) => {
+    httpRequest(url, { headers }, (response) => {
+      let text = '';
+      response.on('data', (chunk: Buffer) => {
+        text += chunk.toString();
+        if (text.includes(until)) {
+          response.destroy();
+          resolve(text);
+        }
+      });
+    }).end();
+  });
+}
+
 const rowsOf = (value: LiveStateValue<Note>) => [...value.rows.values()].sort((a, b) => a.id - b.id);
 const fast = { backoff: () => 20 };
 
@@ -140,34 +156,12 @@ describe('pgtide/http liveHandler with pgtide/client', () => {
     expect(events.map((event) => (event.kind === 'status' ? event.status : event.kind))).toEqual(['connecting', 'snapshot', 'live', 'change', 'reconnecting', 'live', 'change']);
     subscription.unsubscribe();
 
-    const reset = await new Promise<string>((resolve) => {
-      httpRequest(`${base}/all`, { headers: { 'last-event-id': '987654321' } }, (response) => {
-        let text = '';
-        response.on('data', (chunk: Buffer) => {
-          text += chunk.toString();
-          if (text.includes('\n\n')) {
-            response.destroy();
-            resolve(text);
-          }
-        });
-      }).end();
-    });
+    const reset = await readUntil(`${base}/all`, '\n\n', { 'last-event-id': '987654321' });
     expect(reset).toMatch(/^id: \d+\nevent: snapshot\ndata: \{"reason":"reset","rows":\[/);
   });
 
   it('sends heartbeats on idle connections', async () => {
-    const text = await new Promise<string>((resolve) => {
-      httpRequest(`${base}/all`, (response) => {
-        let received = '';
-        response.on('data', (chunk: Buffer) => {
-          received += chunk.toString();
-          if (received.includes(': heartbeat')) {
-            response.destroy();
-            resolve(received);
-          }
-        });
-      }).end();
-    });
+    const text = await readUntil(`${base}/all`, ': heartbeat');
     expect(text).toContain(': heartbeat\n\n');
   });
 

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Tide } from '../../src/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers.js';
 import { GroupChecker, type ProcessingRecord } from './checker.js';
-import { seeded } from './seeded.js';
+import { between, seeded } from './seeded.js';
 
 /**
  * A consumer group under faults: member processes with one consumer name and `group: true`
@@ -155,7 +155,7 @@ describe('consumer group under faults', () => {
     async () => {
       const begun = Date.now();
       const random = seeded(seed);
-      const pick = (low: number, high: number) => low + random() * (high - low);
+      const pick = between(random);
       // When each fault happens, as a share of the writes; the writes stop at the next gate until it is done.
       const killAAt = Math.floor(pick(0.1, 0.25) * total);
       const joinDAt = Math.floor(pick(0.35, 0.5) * total);

@@ -10,7 +10,7 @@ import { relayHeaders } from '../../src/nats.js';
 import { createTestDatabase, eventually, type TestDatabase } from '../helpers.js';
 import { natsServerBinary, startNatsServer, type NatsServer } from '../nats-server.js';
 import { DeliveryChecker } from './checker.js';
-import { seeded } from './seeded.js';
+import { between, seeded } from './seeded.js';
 
 /**
  * The JetStream relay under faults, against a real `nats-server -js` and real processes:
@@ -216,7 +216,7 @@ describeWithNats('JetStream relay under faults', () => {
     async () => {
       const begun = Date.now();
       const random = seeded(seed);
-      const pick = (low: number, high: number) => low + random() * (high - low);
+      const pick = between(random);
       // Four faults, one of them (seeded) the nats-server restart. Each comes either once the
       // writes reach a seeded share of the total (one window per fault), or `soon`: as soon as the
       // relay has relayed a seeded few changes since the fault before was over: while a relay that

@@ -9,3 +9,8 @@ export function seeded(start: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
   };
 }
+
+/** A seeded number between `low` and `high`, drawn from `random`. */
+export function between(random: () => number): (low: number, high: number) => number {
+  return (low, high) => low + random() * (high - low);
+}
