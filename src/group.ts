@@ -7,7 +7,7 @@ import { ChangeStream, emitRetried, selector, startPosition, trackedStream, type
 import { holdPruneShared, positionValues } from './consumers.js';
 import type { RetryDelivery } from './deadLetters.js';
 import { PgTideError } from './errors.js';
-import { configureSession, consumerLockKey, consumerLockName, saveConsumerPosition, sessionClient, SessionQueue, type Lease } from './lease.js';
+import { configureSession, consumerLockKey, consumerLockKeyOf, consumerLockName, saveConsumerPosition, sessionClient, SessionQueue, type Lease } from './lease.js';
 import type { Position, Queryable } from './log.js';
 import { lostConnection, SharedPages } from './pages.js';
 import { backoffDelay, sleep } from './backoff.js';
@@ -271,14 +271,16 @@ class GroupMember<Row> implements RunningStream {
       await this.report();
       return;
     }
-    for (const index of desired) {
-      if (this.held.has(index) || this.ended) continue;
-      const [row] = await this.query<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${consumerLockKey}) AS locked`, [
-        consumerLockName(schema, partitionName(this.consumer, index)),
-      ]);
-      if (!row!.locked) continue;
+    const wanted = [...desired].filter((index) => !this.held.has(index));
+    if (wanted.length > 0) {
+      // Every free one in one round trip, and all taken before any reads: the partitions'
+      // first pages are then read for the member's whole share at once (SharedPages).
+      const locked = await this.query<{ index: number }>(
+        `SELECT w.index FROM unnest($1::int[], $2::text[]) AS w(index, name) WHERE pg_try_advisory_lock(${consumerLockKeyOf('w.name')})`,
+        [wanted, wanted.map((index) => consumerLockName(schema, partitionName(this.consumer, index)))],
+      );
       if (this.ended) return;
-      this.take(index);
+      for (const { index } of locked) this.take(index);
     }
     await this.report();
   }

@@ -72,7 +72,12 @@ export class SessionQueue {
 }
 
 /** SQL: the 64-bit advisory lock key of a consumer (`$1`: `consumerLockName`). */
-export const consumerLockKey = `('x' || left(md5($1), 16))::bit(64)::bigint`;
+export const consumerLockKey = consumerLockKeyOf('$1');
+
+/** The SQL of the advisory lock key of the consumer lock name `operand` (a parameter or a column). */
+export function consumerLockKeyOf(operand: string): string {
+  return `('x' || left(md5(${operand}), 16))::bit(64)::bigint`;
+}
 
 /** What a consumer's lock key is made from: its schema and name. */
 export function consumerLockName(schema: SchemaNames, consumer: string): string {

@@ -33,7 +33,7 @@ export const relayHeaders = {
 
 /** Options of {@link relayToJetStream}. */
 export interface RelayOptions {
-  /** The tables whose changes are relayed (each is watched if it is not yet). */
+  /** The tables whose changes are relayed: each is watched, for every column (a narrower watch is widened), so every change is relayed. */
   readonly tables: readonly string[];
   /**
    * Durable consumer name: the relay's position per table is the consumer
