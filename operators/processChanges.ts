@@ -159,10 +159,12 @@ export function processChanges<T extends Change<unknown> | readonly Change<unkno
         pumping = true;
         do {
           pumpAgain = false;
-          const held = new Set(busyRows);
+          // Rows taken in this pass (started, or waiting behind a busy row: what follows them
+          // on those rows must wait too), besides those still running.
+          const held = new Set<string>();
           for (let index = 0; index < waiting.length && running.size < concurrency; ) {
             const entry = waiting[index]!;
-            if (entry.rows.some((row) => conflicts(held, row))) {
+            if (entry.rows.some((row) => conflicts(busyRows, row) || conflicts(held, row))) {
               for (const row of entry.rows) held.add(row);
               index += 1;
               continue;

@@ -167,9 +167,28 @@ export async function relayToJetStream(tide: Tide, options: RelayOptions): Promi
   const status$ = new BehaviorSubject<RelayStatus>({ phase: 'starting', ...counts });
   const emit = (phase: RelayStatus['phase'], error?: unknown) =>
     status$.next({ phase, ...counts, ...(lastError !== undefined ? { lastError } : {}), ...(error !== undefined ? { error } : {}) });
+  // Counts change twice per publish: status$ says so once per burst.
+  let emitQueued = false;
+  const emitSoon = () => {
+    if (emitQueued) return;
+    emitQueued = true;
+    queueMicrotask(() => {
+      emitQueued = false;
+      if (!status$.closed) emit('running');
+    });
+  };
+  const byTable = new Map(tables.map((table) => [`${table.schema}.${table.name}`, table]));
+  // The default subject of a table is the same for each of its changes.
+  const subjects = new Map<RelayTable, string>();
+  const subjectFor = (change: Change, table: RelayTable): string => {
+    if (options.subject) return options.subject(change);
+    let subject = subjects.get(table);
+    if (subject === undefined) subjects.set(table, (subject = subjectOf(change)));
+    return subject;
+  };
 
   const publish = async (change: Change, attempt: { n: number }) => {
-    const table = tables.find((candidate) => candidate.schema === change.schema && candidate.name === change.table)!;
+    const table = byTable.get(`${change.schema}.${change.table}`)!;
     const hdrs = headers();
     hdrs.set(relayHeaders.op, change.op);
     hdrs.set(relayHeaders.table, `${change.schema}.${change.table}`);
@@ -178,9 +197,9 @@ export async function relayToJetStream(tide: Tide, options: RelayOptions): Promi
     if (attempt.n > 0) counts.retries += 1;
     attempt.n += 1;
     counts.inFlight += 1;
-    emit('running');
+    emitSoon();
     try {
-      const ack = await js.publish(subjectOf(change), encodeChange(change), {
+      const ack = await js.publish(subjectFor(change, table), encodeChange(change), {
         msgID: `${identity}.${table.relid}.${change.id}`,
         headers: hdrs,
         timeout: publishTimeout,
@@ -193,7 +212,7 @@ export async function relayToJetStream(tide: Tide, options: RelayOptions): Promi
       throw error;
     } finally {
       counts.inFlight -= 1;
-      emit('running');
+      emitSoon();
     }
   };
 
@@ -223,8 +242,9 @@ export async function relayToJetStream(tide: Tide, options: RelayOptions): Promi
         ...(options.group ? { group: true } : {}),
       })
       .pipe(
-        // Registered (and reading) or waiting as a standby: either way the position is kept from here on.
-        tap((event) => (event.kind === 'caught-up' || event.kind === 'standby' || event.kind === 'group') && ready()),
+        // Its first event (a change, caught-up, standby, a group share) comes once the consumer
+        // is registered: the position is kept from here on.
+        tap(() => ready()),
         filter((event): event is Extract<StreamEvent, { kind: 'change' }> => event.kind === 'change'),
         map((event) => event.change),
         processChanges(
