@@ -46,6 +46,7 @@ const rows: Array<[string, RowRunner]> = [
   ['groups', groupsRow],
   ['jetstream', (server, s) => import('./scenarios/jetstream.js').then((scenario) => scenario.jetstreamRow(server, s))],
   ['idle-queries', idleQueriesRow],
+  ['live-ui', (server, s) => import('./scenarios/live-ui.js').then((scenario) => scenario.liveUiRow(server, s))],
 ];
 
 const serverSettings = {

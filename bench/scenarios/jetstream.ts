@@ -19,7 +19,7 @@ import { connect as connectNats } from '@nats-io/transport-node';
 import { readdirSync, readFileSync } from 'node:fs';
 import { filter, firstValueFrom, map, take, tap, toArray } from 'rxjs';
 import { acknowledge } from '../../operators/acknowledge.js';
-import { encodeChange } from '../../src/codec.js';
+import { decodeChange, encodeChange } from '../../src/codec.js';
 import type { Change, Tide } from '../../src/index.js';
 import { jetStreamEvents$ } from '../../src/nats.js';
 import { natsServerBinary, startNatsServer, type NatsServer } from '../../test/nats-server.js';
@@ -49,13 +49,18 @@ interface Measurement extends RelayResult {
 interface LatencyRun {
   readonly run: number;
   readonly sent: number;
+  /** Achieved commit rate (the writer is one connection, each INSERT awaited: below the target rate when INSERTs take longer than 1 / rate). */
   readonly rate: number;
+  /** INSERT round trips (send -> return), ms. */
+  readonly insertMs: { readonly p50: number; readonly mean: number };
   /** From the INSERT's return (commit) to the emission, ms. */
   readonly jetstream: { readonly p50: number; readonly p99: number; readonly max: number; readonly lost: number };
   readonly changes: { readonly p50: number; readonly p99: number; readonly max: number; readonly lost: number };
   /** The same, from the moment the INSERT was sent. */
   readonly jetstreamFromSend: { readonly p50: number; readonly p99: number };
   readonly changesFromSend: { readonly p50: number; readonly p99: number };
+  /** From the commit to the relay's publish reaching a core NATS subscriber of the stream's subjects (where the time goes). */
+  readonly published: { readonly p50: number; readonly p99: number };
 }
 
 /** The nats-server child of this process (for its CPU time), or undefined. */
@@ -170,7 +175,9 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
       }
     }
 
-    // (2) Commit -> fromJetStream latency, the relay in a child process.
+    // (2) Commit -> fromJetStream latency, the relay in a child process. The backlog's
+    // WAL is flushed first, so its checkpoint does not land in the first runs.
+    await admin.query('CHECKPOINT');
     const relayJob = new Job('relay', {
       mode: 'live',
       url,
@@ -189,6 +196,7 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
       const committedAt = new Float64Array(maxId + 1);
       const jsAt = new Float64Array(maxId + 1).fill(Number.NaN);
       const tideAt = new Float64Array(maxId + 1).fill(Number.NaN);
+      const publishedAt = new Float64Array(maxId + 1).fill(Number.NaN);
       let jsDuplicates = 0;
       let failure: unknown;
       const idOf = (change: Change) => Number((change.key as { id: unknown }).id);
@@ -208,6 +216,15 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
           acknowledge(),
         )
         .subscribe({ error: (error: unknown) => (failure ??= error) });
+      // Not a consumer: sees each publish as it passes the server (before JetStream stores and acks it).
+      const core = connection.subscribe('jsl.>', {
+        callback: (error, message) => {
+          if (error) return;
+          const id = idOf(decodeChange(message.string()));
+          if (Number.isNaN(publishedAt[id]!)) publishedAt[id] = nowMs();
+        },
+      });
+      await connection.flush();
       let tideCaughtUp!: () => void;
       const tideReady = new Promise<void>((resolve) => (tideCaughtUp = resolve));
       const tideSubscription = tide.events$(liveTable).subscribe({
@@ -244,6 +261,7 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
           for (let id = from; id <= to; id += 1) if (!Number.isNaN(at[id]!)) samples.push(at[id]! - since[id]!);
           return samples;
         };
+        const insertSamples = of(committedAt, sentAt);
         const jsSamples = of(jsAt, committedAt);
         const tideSamples = of(tideAt, committedAt);
         const fromSend = (samples: number[]) => ({ p50: quantile(samples, 0.5), p99: quantile(samples, 0.99) });
@@ -251,16 +269,19 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
           run,
           sent: count,
           rate,
+          insertMs: { p50: quantile(insertSamples, 0.5), mean: insertSamples.reduce((sum, ms) => sum + ms, 0) / insertSamples.length },
           jetstream: { ...latencyOf(jsSamples), lost: count - jsSamples.length },
           changes: { ...latencyOf(tideSamples), lost: count - tideSamples.length },
           jetstreamFromSend: fromSend(of(jsAt, sentAt)),
           changesFromSend: fromSend(of(tideAt, sentAt)),
+          published: fromSend(of(publishedAt, committedAt)),
         };
       };
       await measure(-1, settings.warmupMs);
       for (let run = 0; run < settings.runs; run += 1) latencyRuns.push(await measure(run, settings.latencyMs));
       jsSubscription.unsubscribe();
       tideSubscription.unsubscribe();
+      core.unsubscribe();
       relayJob.send('stop');
       live = await relayJob.result<RelayResult>();
       if (jsDuplicates > 0) notes.push(`fromJetStream delivered ${jsDuplicates} change(s) twice (redeliveries)`);
@@ -305,7 +326,8 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
       `PostgreSQL ${perChange((m) => m.postgresCpuMs, relayRuns).toFixed(1)} / ${perChange((m) => m.postgresCpuMs, bareRuns).toFixed(1)} (relay / bare, over the timed span)`,
     `relay call -> registered ${summarize(relayRuns.map((m) => m.startupMs)).median.toFixed(0)} ms, -> first JetStream ack ${summarize(relayRuns.map((m) => m.firstMs)).median.toFixed(0)} ms; ` +
       `stream bytes relay/bare ${pairRatio((m) => m.streamBytes).median.toFixed(3)}; avg body ${payloadBytes.toFixed(0)} B; ` +
-      `from send: p50 ${fromSend((run) => run.jetstreamFromSend.p50).median.toFixed(2)} ms, p99 ${fromSend((run) => run.jetstreamFromSend.p99).median.toFixed(2)} ms`,
+      `fromJetStream from send: p50 ${fromSend((run) => run.jetstreamFromSend.p50).median.toFixed(2)} ms, p99 ${fromSend((run) => run.jetstreamFromSend.p99).median.toFixed(2)} ms; ` +
+      `commit -> the relay's publish at a core NATS subscriber: p50 ${fromSend((run) => run.published.p50).median.toFixed(2)} ms, p99 ${fromSend((run) => run.published.p99).median.toFixed(2)} ms`,
   );
   return {
     id: 'jetstream',
