@@ -195,36 +195,58 @@ interface ServerSentEvent {
 /** The events of a `text/event-stream` body (the WHATWG format: fields, blank-line separated). */
 async function* serverSentEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<ServerSentEvent> {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = '';
+  // A large event (a snapshot) arrives in many chunks: they are kept apart, each searched
+  // once for the blank line that ends the event (with the last 3 characters before it,
+  // where a separator may start), and joined once.
+  let parts: string[] = [];
+  let carry = '';
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      buffer += value;
-      for (let separator = /\r?\n\r?\n/.exec(buffer); separator; separator = /\r?\n\r?\n/.exec(buffer)) {
-        const block = buffer.slice(0, separator.index);
-        buffer = buffer.slice(separator.index + separator[0].length);
-        let type = 'message';
-        const data: string[] = [];
-        let id: string | undefined;
-        let comment: string | undefined;
-        for (const line of block.split(/\r?\n/)) {
-          if (line.startsWith(':')) {
-            comment = line.slice(1).trim();
-            continue;
-          }
-          const colon = line.indexOf(':');
-          const field = colon < 0 ? line : line.slice(0, colon);
-          const fieldValue = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-          if (field === 'event') type = fieldValue;
-          else if (field === 'data') data.push(fieldValue);
-          else if (field === 'id') id = fieldValue;
+      let rest = value;
+      for (;;) {
+        const probe = carry + rest;
+        const separator = /\r?\n\r?\n/.exec(probe);
+        if (!separator) {
+          parts.push(rest);
+          carry = probe.slice(-3);
+          break;
         }
-        if (data.length > 0) yield { type, data: data.join('\n'), ...(id !== undefined ? { id } : {}) };
-        else if (comment !== undefined) yield { type: 'comment', data: '', comment };
+        const pending = parts.join('');
+        const end = separator.index - carry.length;
+        const block = end >= 0 ? pending + rest.slice(0, end) : pending.slice(0, pending.length + end);
+        rest = rest.slice(end + separator[0].length);
+        parts = [];
+        carry = '';
+        const event = parseEvent(block);
+        if (event) yield event;
       }
     }
   } finally {
     reader.releaseLock();
   }
+}
+
+/** One event block's fields; undefined for a block with neither data nor a comment. */
+function parseEvent(block: string): ServerSentEvent | undefined {
+  let type = 'message';
+  const data: string[] = [];
+  let id: string | undefined;
+  let comment: string | undefined;
+  for (const line of block.split(/\r?\n/)) {
+    if (line.startsWith(':')) {
+      comment = line.slice(1).trim();
+      continue;
+    }
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const fieldValue = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+    if (field === 'event') type = fieldValue;
+    else if (field === 'data') data.push(fieldValue);
+    else if (field === 'id') id = fieldValue;
+  }
+  if (data.length > 0) return { type, data: data.join('\n'), ...(id !== undefined ? { id } : {}) };
+  if (comment !== undefined) return { type: 'comment', data: '', comment };
+  return undefined;
 }

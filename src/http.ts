@@ -58,6 +58,8 @@ interface Recent {
   readonly id: string;
   readonly key: string;
   readonly change: Change<unknown>;
+  /** The change event's text, once one connection wrote it unchanged: the others send the same bytes. */
+  event?: string;
 }
 
 /**
@@ -265,7 +267,12 @@ class LiveConnection<Row> {
     if (this.behind || this.ended) return;
     const visible = this.visibleChange(recent.change as Change<Row>);
     if (!visible) return;
-    this.write(`id: ${recent.id}\nevent: change\ndata: {"key":${JSON.stringify(recent.key)},"change":${encodeChange(visible as Change<unknown>)}}\n\n`);
+    if (visible !== recent.change) {
+      this.write(changeEvent(recent, visible as Change<unknown>));
+      return;
+    }
+    recent.event ??= changeEvent(recent, recent.change);
+    this.write(recent.event);
   }
 
   heartbeat(): void {
@@ -328,6 +335,10 @@ class LiveConnection<Row> {
       });
     }
   }
+}
+
+function changeEvent(recent: Recent, change: Change<unknown>): string {
+  return `id: ${recent.id}\nevent: change\ndata: {"key":${JSON.stringify(recent.key)},"change":${encodeChange(change)}}\n\n`;
 }
 
 function lastEventId(request: IncomingMessage): string | undefined {
