@@ -255,7 +255,7 @@ export class GroupChecker {
     if (unexpected.length > 0) this.problem(`unexpected: processed but never committed: ${unexpected.slice(0, 5).join(', ')}`);
 
     // Duplicates: each processing after a write's first must follow a processing by a member
-    // killed before it began, of work done shortly before the kill.
+    // killed before it began, of work done shortly before the kill (or while it was dying).
     let duplicates = 0;
     let unexplainedDuplicates = 0;
     for (const [id, list] of byWrite) {
@@ -265,7 +265,9 @@ export class GroupChecker {
         const previous = list[index - 1]!;
         const current = list[index]!;
         const kill = this.killed.get(previous.instance);
-        if (kill === undefined || previous.start >= kill.sentAt || current.start < kill.sentAt) {
+        // A killed member can still start work between the kill being sent and its death
+        // (the signal takes a moment to land): that work is the member's unsaved tail too.
+        if (kill === undefined || previous.start >= kill.exitedAt || current.start < kill.sentAt) {
           unexplainedDuplicates += 1;
           this.problem(`duplicate: ${id} by ${this.describe(current)} after ${this.describe(previous)}, which was not killed in between`);
         } else if (kill.sentAt - (previous.end ?? previous.start) > this.options.unsavedTail) {
