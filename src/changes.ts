@@ -12,7 +12,7 @@ import type { FeedMember, Hub } from './hub.js';
 import { backoffDelay, sleep } from './backoff.js';
 import { lostConnection, readPages, type PageSource } from './pages.js';
 import { classifyDatabaseError } from './sql.js';
-import { atOrAfter, inPartition, isDelivered, NOTHING_VISIBLE, samePosition, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
+import { atOrAfter, inPartition, isDelivered, NOTHING_VISIBLE, type LogPage, type LogReader, type Position, type Queryable } from './log.js';
 import type { Change, ChangesOptions, Logger, RowData, StartFrom, StreamEvent, StreamPhase } from './types.js';
 
 /** What a stream needs from its Tide. */
@@ -206,7 +206,7 @@ export abstract class StreamBase<T> implements RunningStream {
         if (this.ended) return undefined;
         // Back after a lost lease, and nobody moved the position meanwhile: what this
         // stream delivered and holds in flight is still its own to finish.
-        if (this.ledger && samePosition(this.ledger.savedPosition, position)) {
+        if (this.ledger?.owns(position)) {
           this.savingLease = lease;
           return { position: this.ledger.position, resumed: true };
         }

@@ -1,5 +1,5 @@
 import { PgTideError } from './errors.js';
-import type { Position } from './log.js';
+import { samePosition, type Position } from './log.js';
 import type { Change, Logger, Transaction } from './types.js';
 
 /**
@@ -122,6 +122,8 @@ export class Ledger implements AcknowledgementTarget {
   private watchedHead: { readonly number: number; readonly since: number } | undefined;
   private lastAmbiguity = 0;
   private saving: Promise<void> = Promise.resolve();
+  /** The position of the last save sent: it may have committed even if its answer never came. */
+  private attempted: Position | undefined;
   private roomWaiters: Array<() => void> = [];
   private closed = false;
 
@@ -144,6 +146,18 @@ export class Ledger implements AcknowledgementTarget {
   /** The position last written (or the start). */
   get savedPosition(): Position {
     return this.saved;
+  }
+
+  /**
+   * Whether `position`, read back from the database after the connection was lost, is
+   * this ledger's: the one it saved, or the one whose save was under way when the
+   * connection went (it committed; the answer was lost). Then it is saved.
+   */
+  owns(position: Position): boolean {
+    if (samePosition(this.saved, position)) return true;
+    if (this.attempted === undefined || !samePosition(this.attempted, position)) return false;
+    this.saved = this.attempted;
+    return true;
   }
 
   /** The consumer's position as far as processing goes (saved or not). */
@@ -239,6 +253,7 @@ export class Ledger implements AcknowledgementTarget {
     this.saving = this.saving.then(async () => {
       const target = this.processed;
       if (target === this.saved) return;
+      this.attempted = target;
       try {
         await this.options.save(target);
         this.saved = target;
