@@ -101,6 +101,9 @@ function substitute(sql: string, schema: SchemaNames): string {
     ':CHANNEL': schema.literal,
   };
   return sql
+    // Comments go first: a placeholder in one, replaced by a name holding a line break,
+    // would end the comment and leave the rest of the name as SQL.
+    .replace(/^[ \t]*--.*$/gm, '')
     .replaceAll('$$', tag)
     .replace(/:SCHEMA_LITERAL_IDENT|:SCHEMA_KEY|:SCHEMA|:CHANNEL/g, (token) => values[token]!);
 }

@@ -767,6 +767,21 @@ describe('tables, schemas and columns with hostile names', () => {
     expect(rows[0].n).toBe(1);
   });
 
+  // Found by the property below (seed 1243995695): the migrations' comments name the
+  // placeholders, and a name with a line break ended the comment it was put into.
+  it('an SDK schema name with a line break installs and delivers', async () => {
+    const tide = await connect({ connectionString: db.url, schema: '\n 27', logger: quietLogger, pruneInterval: 0 });
+    try {
+      await db.pool.query('CREATE TABLE line_break_target (id int PRIMARY KEY)');
+      const changes = firstValueFrom(tide.changes$('line_break_target'));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await db.pool.query('INSERT INTO line_break_target VALUES (1)');
+      expect((await changes).key).toEqual({ id: 1 });
+    } finally {
+      await tide.close();
+    }
+  });
+
   it('a hostile name for the SDK schema itself installs, captures and delivers', async () => {
     await fc.assert(
       fc.asyncProperty(
