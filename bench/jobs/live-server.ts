@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { Observable } from 'rxjs';
 import type { Tide } from '../../src/connect.js';
 import type { LiveEvent } from '../../src/types.js';
+import { browserClient } from '../../examples/live-table/server.js';
 import { liveHandler } from '../../src/http.js';
 import type { Channel } from '../worker.js';
 import { connectTide } from '../lib/db.js';
@@ -77,18 +78,8 @@ function collectGarbage(): void {
   gc();
 }
 
-export async function bundleClient(): Promise<string> {
-  const { build } = await import('esbuild');
-  const result = await build({
-    entryPoints: [fileURLToPath(new URL('../../src/client.ts', import.meta.url))],
-    bundle: true,
-    format: 'esm',
-    platform: 'browser',
-    write: false,
-    minify: true,
-  });
-  return result.outputFiles[0]!.text;
-}
+/** pgtide/client bundled for the page, as the live-table example serves it. */
+export const bundleClient = browserClient;
 
 /** The Chromium page: liveState('/live'), an arrival time per sequence number, nothing rendered. */
 function pageHtml(rows: number, valueBase: number): string {

@@ -27,6 +27,7 @@ import { join } from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
 import type { ClientsCommand, ClientsMemory, ClientsResult, LiveClientsArgs, Opened, Waited } from '../jobs/live-clients.js';
 import type { LiveServerArgs, ServerCommand, ServerMemory, ServerResult } from '../jobs/live-server.js';
+import { CHROMIUM, CHROMIUM_ARGS } from '../../examples/live-table/chromium.js';
 import { connectTide, connectedClient, createTableSql, dropDatabase, freshDatabase, insertRangeSql } from '../lib/db.js';
 import { Job } from '../lib/jobs.js';
 import { paced } from '../lib/pacer.js';
@@ -50,19 +51,8 @@ const windowMsFor = (settings: Settings) => (settings.quick ? 2000 : 10_000);
 /** Clients opened at a time (each batch waits for its snapshots). */
 const openBatch = 100;
 
-/** Debian's `chromium` package; CHROMIUM_PATH to use another build (as examples/live-table/live-table.test.ts). */
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-/** The flags of examples/live-table/live-table.test.ts (CHROMIUM_ARGS). */
-const chromiumArgs = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
+const chromiumPath = CHROMIUM;
+const chromiumArgs = CHROMIUM_ARGS;
 
 const KiB = 1024;
 const MiB = 2 ** 20;

@@ -6,20 +6,9 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Tide } from '../../src/index.js';
 import { createTestDatabase, type TestDatabase } from '../../test/helpers.js';
+import { CHROMIUM, CHROMIUM_ARGS } from './chromium.js';
 import { createLiveTableServer, type LiveTableOptions, type LiveTableServer } from './server.js';
 
-/** Debian's `chromium` package; CHROMIUM_PATH to use another build. `.ci/run` installs it. */
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
 /** How long the page may take to show a committed change. NOTIFY makes it milliseconds; polling bounds it at 1 s. */
 const FOLLOW_WITHIN_MS = 5_000;
 /** Screenshots go here (gitignored). */

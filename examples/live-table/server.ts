@@ -67,7 +67,7 @@ function send(response: ServerResponse, type: string, body: string): void {
 }
 
 /** pgtide/client and rxjs as one ES module for the page (an application's bundler does this). */
-async function browserClient(): Promise<string> {
+export async function browserClient(): Promise<string> {
   const result = await build({
     entryPoints: [fileURLToPath(new URL('../../src/client.ts', import.meta.url))],
     bundle: true,
