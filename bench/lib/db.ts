@@ -107,3 +107,20 @@ export async function connectedClient(url: string): Promise<pg.Client> {
   await client.connect();
   return client;
 }
+
+/**
+ * A fresh database `name` whose `table` holds rows 1..`rows`, analysed and watched by
+ * pgtide: the starting point of the read-side rows (fan-out, live UI). Returns its URL.
+ */
+export async function watchedTableDatabase(serverUrl: string, name: string, table: string, rows: number): Promise<string> {
+  const url = await freshDatabase(serverUrl, name);
+  const admin = await connectedClient(url);
+  await admin.query(createTableSql(table));
+  await admin.query(insertRangeSql(table), [1, rows]);
+  await admin.query(`VACUUM ANALYZE ${table}`);
+  await admin.end();
+  const tide = await connectTide(url);
+  await tide.watch(table);
+  await tide.close();
+  return url;
+}

@@ -1,7 +1,7 @@
 // Fan-out: 1k and 10k observables with different rowIds on one Tide, against one
 // observable of the whole table receiving the same number of changes; each in a fresh process.
 import type { FanoutArgs, FanoutResult } from '../jobs/fanout.js';
-import { connectTide, connectedClient, createTableSql, freshDatabase, insertRangeSql } from '../lib/db.js';
+import { connectedClient, watchedTableDatabase } from '../lib/db.js';
 import { runJob } from '../lib/jobs.js';
 import type { Row } from '../lib/report.js';
 import type { BenchServer, Settings } from '../lib/settings.js';
@@ -11,15 +11,7 @@ const table = 'fan_rows';
 const rows = 10_000;
 
 export async function fanoutRow(server: BenchServer, settings: Settings): Promise<Row> {
-  const url = await freshDatabase(server.url, 'bench_fanout');
-  const admin = await connectedClient(url);
-  await admin.query(createTableSql(table));
-  await admin.query(insertRangeSql(table), [1, rows]);
-  await admin.query(`VACUUM ANALYZE ${table}`);
-  await admin.end();
-  const tide = await connectTide(url);
-  await tide.watch(table);
-  await tide.close();
+  const url = await watchedTableDatabase(server.url, 'bench_fanout', table, rows);
   const run = async (observers: number) => {
     // Every configuration starts from the same state: autovacuum counters reset, statistics fresh.
     const vacuum = await connectedClient(url);

@@ -28,7 +28,7 @@ import type { BrowserContext, Page } from 'playwright-core';
 import type { ClientsCommand, ClientsMemory, ClientsResult, LiveClientsArgs, Opened, Waited } from '../jobs/live-clients.js';
 import type { LiveServerArgs, ServerCommand, ServerMemory, ServerResult } from '../jobs/live-server.js';
 import { CHROMIUM, CHROMIUM_ARGS } from '../../examples/live-table/chromium.js';
-import { connectTide, connectedClient, createTableSql, dropDatabase, freshDatabase, insertRangeSql } from '../lib/db.js';
+import { connectedClient, dropDatabase, watchedTableDatabase } from '../lib/db.js';
 import { Job } from '../lib/jobs.js';
 import { paced } from '../lib/pacer.js';
 import type { Figure, Row } from '../lib/report.js';
@@ -161,15 +161,7 @@ async function calibrate(page: Page): Promise<{ offset: number; uncertainty: num
 export async function liveUiRow(server: BenchServer, settings: Settings): Promise<Row> {
   const clientCount = settings.quick ? 100 : 1000;
   const label = clientCount >= 1000 ? `${clientCount / 1000}k` : String(clientCount);
-  const url = await freshDatabase(server.url, 'bench_live_ui');
-  const admin = await connectedClient(url);
-  await admin.query(createTableSql(table));
-  await admin.query(insertRangeSql(table), [1, rows]);
-  await admin.query(`VACUUM ANALYZE ${table}`);
-  await admin.end();
-  const watcher = await connectTide(url);
-  await watcher.watch(table);
-  await watcher.close();
+  const url = await watchedTableDatabase(server.url, 'bench_live_ui', table, rows);
 
   const notes: string[] = [];
   const clients = new Job('live-clients', { rows, valueBase } satisfies LiveClientsArgs);
