@@ -73,6 +73,8 @@ class GroupMember<Row> implements RunningStream {
   private membershipSince = Date.now();
   private lastShare = '';
   private caughtUpSent = false;
+  /** Whether the member's current session has joined the group (false while it joins again). */
+  private joined = false;
   private timer: NodeJS.Timeout | undefined;
   private readonly unlisten: Array<() => void> = [];
   private balancing: Promise<void> | undefined;
@@ -98,8 +100,8 @@ class GroupMember<Row> implements RunningStream {
 
   /** The member as a whole: its partitions' streams report their own phases too. */
   get phase(): StreamPhase {
-    if (!this.caughtUpSent) return this.client ? 'replaying' : 'starting';
-    return this.client ? 'live' : 'reconnecting';
+    if (!this.joined) return this.caughtUpSent ? 'reconnecting' : 'starting';
+    return this.caughtUpSent ? 'live' : 'replaying';
   }
 
   async run(): Promise<void> {
@@ -159,6 +161,7 @@ class GroupMember<Row> implements RunningStream {
       [this.consumer, this.member],
     );
     await this.signalGroup();
+    this.joined = true;
     this.context.phaseChanged();
   }
 
@@ -175,6 +178,8 @@ class GroupMember<Row> implements RunningStream {
     });
     this.client = undefined;
     this.session = undefined;
+    // The client of the next session is set at once (join); joined says when it is in.
+    this.joined = false;
     this.context.phaseChanged();
     const partitions = [...this.held.values()];
     this.held.clear();
