@@ -6,10 +6,12 @@
 //    and headers, published with the bare client, jetstream(nc).publish(), with `window`
 //    publishes outstanding, into another fresh stream, timed from the first publish to
 //    the last ack;
+//  - inbox: the same, published as the relay publishes (core publishes whose acks all
+//    arrive on one wildcard inbox): what the relay adds to its publishing;
 //  - live:  a relay of the latency table left running ('ready' once it is registered)
 //    until the parent says 'stop'.
 import { jetstream } from '@nats-io/jetstream';
-import { headers } from '@nats-io/nats-core';
+import { createInbox, headers, type MsgHdrs, type NatsConnection } from '@nats-io/nats-core';
 import { connect as connectNats } from '@nats-io/transport-node';
 import { relayHeaders, relayToJetStream, type Relay, type RelayStatus } from '../../src/nats.js';
 import type { Channel } from '../worker.js';
@@ -28,6 +30,17 @@ export interface Payloads {
   readonly table: string;
 }
 
+/** A bare publisher's run (modes bare and inbox). */
+interface PublishArgs {
+  readonly natsUrl: string;
+  readonly total: number;
+  readonly stream: string;
+  readonly subject: string;
+  readonly window: number;
+  readonly payloads: Payloads;
+  readonly natsPid: number | undefined;
+}
+
 export type RelayArgs =
   | {
       readonly mode: 'relay';
@@ -43,16 +56,8 @@ export type RelayArgs =
       readonly postmaster: number;
       readonly natsPid: number | undefined;
     }
-  | {
-      readonly mode: 'bare';
-      readonly natsUrl: string;
-      readonly total: number;
-      readonly stream: string;
-      readonly subject: string;
-      readonly window: number;
-      readonly payloads: Payloads;
-      readonly natsPid: number | undefined;
-    }
+  | (PublishArgs & { readonly mode: 'bare' })
+  | (PublishArgs & { readonly mode: 'inbox' })
   | {
       readonly mode: 'live';
       readonly url: string;
@@ -65,7 +70,7 @@ export type RelayArgs =
     };
 
 export interface RelayResult {
-  readonly mode: 'relay' | 'bare' | 'live';
+  readonly mode: RelayArgs['mode'];
   /** Changes JetStream acknowledged. */
   readonly relayed: number;
   readonly duplicates: number;
@@ -88,6 +93,39 @@ export interface RelayResult {
 }
 
 const stallMs = 30_000;
+
+type Publish = (subject: string, body: string, msgID: string, hdrs: MsgHdrs) => Promise<boolean>;
+
+/** jetstream(nc).publish(): a request per message. */
+function requestPublisher(nats: NatsConnection): Publish {
+  const js = jetstream(nats);
+  return async (subject, body, msgID, hdrs) => (await js.publish(subject, body, { msgID, headers: hdrs, timeout: 5000 })).duplicate;
+}
+
+/** Core publishes whose acks arrive on one wildcard inbox, matched by reply token (no timeouts: a bench run that stalls fails). */
+function inboxPublisher(nats: NatsConnection): Publish {
+  const inbox = createInbox();
+  const pending = new Map<string, (duplicate: boolean) => void>();
+  let sequence = 0;
+  nats.subscribe(`${inbox}.*`, {
+    callback: (error, message) => {
+      if (error) throw error;
+      const token = message.subject.slice(inbox.length + 1);
+      const ack = JSON.parse(message.string()) as { readonly duplicate?: boolean; readonly error?: unknown };
+      if (ack.error) throw new Error(`publish refused: ${JSON.stringify(ack.error)}`);
+      pending.get(token)?.(ack.duplicate === true);
+      pending.delete(token);
+    },
+  });
+  return (subject, body, msgID, hdrs) => {
+    const token = (sequence += 1).toString(36);
+    hdrs.set('Nats-Msg-Id', msgID);
+    return new Promise<boolean>((resolve) => {
+      pending.set(token, resolve);
+      nats.publish(subject, body, { reply: `${inbox}.${token}`, headers: hdrs });
+    });
+  };
+}
 
 /** Resolves with the first status whose `relayed` reaches `total`; rejects when the relay fails or stalls. */
 function relayedAll(relay: Relay, total: number): Promise<RelayStatus> {
@@ -138,8 +176,8 @@ export default async function relayJob(args: RelayArgs, channel: Channel): Promi
   const warnings: string[] = [];
   const logger = { ...silentLogger, warn: (message: string) => warnings.push(message) };
   try {
-    if (args.mode === 'bare') {
-      const js = jetstream(nats);
+    if (args.mode === 'bare' || args.mode === 'inbox') {
+      const publish = args.mode === 'bare' ? requestPublisher(nats) : inboxPublisher(nats);
       const { payloads } = args;
       let next = 0;
       let acked = 0;
@@ -156,9 +194,9 @@ export default async function relayJob(args: RelayArgs, channel: Channel): Promi
           hdrs.set(relayHeaders.table, payloads.table);
           hdrs.set(relayHeaders.txid, payloads.txids[index]!);
           hdrs.set(relayHeaders.changeId, payloads.changeIds[index]!);
-          const ack = await js.publish(args.subject, payloads.bodies[index]!, { msgID: payloads.msgIDs[index]!, headers: hdrs, timeout: 5000 });
+          const duplicate = await publish(args.subject, payloads.bodies[index]!, payloads.msgIDs[index]!, hdrs);
           acked += 1;
-          if (ack.duplicate) duplicates += 1;
+          if (duplicate) duplicates += 1;
         }
       };
       await Promise.all(Array.from({ length: args.window }, worker));
@@ -166,7 +204,7 @@ export default async function relayJob(args: RelayArgs, channel: Channel): Promi
       const cpuMs = cpuMsSince(cpu);
       const natsCpuMs = natsCpu(args.natsPid) - natsBefore;
       return {
-        mode: 'bare',
+        mode: args.mode,
         relayed: acked,
         duplicates,
         retries: 0,

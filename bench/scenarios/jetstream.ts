@@ -38,7 +38,7 @@ const liveRate = 500;
 /** The relay's default (and the stream it would create): 2 minutes. */
 const duplicateWindowMs = 120_000;
 
-type Mode = 'relay' | 'bare';
+type Mode = RelayArgs['mode'];
 
 interface Measurement extends RelayResult {
   readonly run: number;
@@ -154,16 +154,17 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
 
     // (1) Backlog throughput, relay and bare publisher alternating, each run in fresh streams.
     for (let run = 0; run < runs; run += 1) {
-      const order: Mode[] = run % 2 === 0 ? ['bare', 'relay'] : ['relay', 'bare'];
+      const modes: Mode[] = ['bare', 'relay', 'inbox'];
+      const order = modes.map((_, index) => modes[(index + run) % modes.length]!);
       for (const mode of order) {
-        // Same-length names and subject prefixes for both.
-        const stream = `${mode === 'relay' ? 'JSR' : 'JSB'}${run}`;
+        // Same-length names and subject prefixes for each.
+        const stream = `${mode === 'relay' ? 'JSR' : mode === 'bare' ? 'JSB' : 'JSI'}${run}`;
         const subjectPrefix = stream.toLowerCase();
         await freshStream(jsm, stream, subjectPrefix);
         const args: RelayArgs =
           mode === 'relay'
             ? { mode, url, natsUrl: nats.url, table: backlogTable, total, consumer: `bench-relay-${run}`, stream, subjectPrefix, window, postmaster: server.postmaster, natsPid }
-            : { mode, natsUrl: nats.url, total, stream, subject: `${subjectPrefix}.public.${backlogTable}`, window, payloads, natsPid };
+            : { mode: mode as 'bare' | 'inbox', natsUrl: nats.url, total, stream, subject: `${subjectPrefix}.public.${backlogTable}`, window, payloads, natsPid };
         const result = await runJob<RelayResult>('relay', args);
         const state = (await jsm.streams.info(stream)).state;
         if (result.relayed !== total || state.messages !== total || result.duplicates !== 0) {
@@ -299,8 +300,9 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
   const of = (mode: Mode) => measurements.filter((m) => m.mode === mode);
   const relayRuns = of('relay');
   const bareRuns = of('bare');
-  const pairRatio = (value: (m: Measurement) => number) =>
-    summarize(relayRuns.map((m) => value(m) / value(bareRuns.find((other) => other.run === m.run)!)));
+  const inboxRuns = of('inbox');
+  const pairRatio = (value: (m: Measurement) => number, baseline: Measurement[] = bareRuns) =>
+    summarize(relayRuns.map((m) => value(m) / value(baseline.find((other) => other.run === m.run)!)));
   const ratio = pairRatio((m) => m.rate);
   const perChange = (value: (m: Measurement) => number, runs: Measurement[]) => summarize(runs.map((m) => (value(m) * 1000) / total)).median;
   const latencyFigure = (metric: 'p50' | 'p99'): Figure => ({
@@ -321,9 +323,10 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
   if (warnings.length > 0) notes.push(`relay warnings: ${warnings.join(' | ')}`);
   const fromSend = (pick: (run: LatencyRun) => number): Summary => summarize(latencyRuns.map(pick));
   notes.push(
-    `CPU µs per change (medians): relay process ${perChange((m) => m.cpuMs, relayRuns).toFixed(1)}, bare publisher ${perChange((m) => m.cpuMs, bareRuns).toFixed(1)}; ` +
-      `nats-server ${perChange((m) => m.natsCpuMs, relayRuns).toFixed(1)} / ${perChange((m) => m.natsCpuMs, bareRuns).toFixed(1)}; ` +
-      `PostgreSQL ${perChange((m) => m.postgresCpuMs, relayRuns).toFixed(1)} / ${perChange((m) => m.postgresCpuMs, bareRuns).toFixed(1)} (relay / bare, over the timed span)`,
+    `CPU µs per change (medians): relay process ${perChange((m) => m.cpuMs, relayRuns).toFixed(1)}, bare publisher ${perChange((m) => m.cpuMs, bareRuns).toFixed(1)}, ` +
+      `inbox publisher ${perChange((m) => m.cpuMs, inboxRuns).toFixed(1)}; ` +
+      `nats-server ${perChange((m) => m.natsCpuMs, relayRuns).toFixed(1)} / ${perChange((m) => m.natsCpuMs, bareRuns).toFixed(1)} / ${perChange((m) => m.natsCpuMs, inboxRuns).toFixed(1)}; ` +
+      `PostgreSQL ${perChange((m) => m.postgresCpuMs, relayRuns).toFixed(1)} / ${perChange((m) => m.postgresCpuMs, bareRuns).toFixed(1)} (relay / bare[ / inbox], over the timed span)`,
     `relay call -> registered ${summarize(relayRuns.map((m) => m.startupMs)).median.toFixed(0)} ms, -> first JetStream ack ${summarize(relayRuns.map((m) => m.firstMs)).median.toFixed(0)} ms; ` +
       `stream bytes relay/bare ${pairRatio((m) => m.streamBytes).median.toFixed(3)}; avg body ${payloadBytes.toFixed(0)} B; ` +
       `fromJetStream from send: p50 ${fromSend((run) => run.jetstreamFromSend.p50).median.toFixed(2)} ms, p99 ${fromSend((run) => run.jetstreamFromSend.p99).median.toFixed(2)} ms; ` +
@@ -337,7 +340,14 @@ export async function jetstreamRow(server: BenchServer, settings: Settings): Pro
         metric: 'changes/s relayed (JetStream acked)',
         unit: '/s',
         pgtide: summarize(relayRuns.map((m) => m.rate)),
-        baselines: [{ name: `bare jetstream().publish, ${window} in flight`, value: summarize(bareRuns.map((m) => m.rate)), ratio }],
+        baselines: [
+          { name: `bare jetstream().publish, ${window} in flight`, value: summarize(bareRuns.map((m) => m.rate)), ratio },
+          {
+            name: `bare core publish, acks on one inbox (the relay's way), ${window} in flight`,
+            value: summarize(inboxRuns.map((m) => m.rate)),
+            ratio: pairRatio((m) => m.rate, inboxRuns),
+          },
+        ],
       },
       latencyFigure('p50'),
       latencyFigure('p99'),

@@ -30,8 +30,6 @@ export async function relay(session: Session, tables: readonly string[], options
     reconnect: true,
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
-    // Without it nats.js builds two stack-traced errors per publish: a quarter of a relay's CPU.
-    noAsyncTraces: true,
   }).catch((error: unknown) => {
     throw new CliFailure(`cannot connect to NATS at ${options.nats}: ${error instanceof Error ? error.message : String(error)}`);
   });

@@ -1,4 +1,4 @@
-import { jetstreamManager, jetstream } from '@nats-io/jetstream';
+import { DiscardPolicy, jetstreamManager, jetstream } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/nats-core';
 import { connect as connectNats, type NatsConnection } from '@nats-io/transport-node';
 import { firstValueFrom, filter, take, toArray } from 'rxjs';
@@ -109,6 +109,46 @@ describeWithNats('relayToJetStream and fromJetStream', () => {
     const messages = await streamMessages('T2');
     expect(messages).toHaveLength(100);
     expect(new Set(messages.map((message) => message.header.get('Nats-Msg-Id'))).size).toBe(100);
+  });
+
+  it('tries a publish again when JetStream refuses it, no stream takes its subject, or its ack never comes, and stores each change once', async () => {
+    const jsm = await jetstreamManager(nats);
+    await db.pool.query('CREATE TABLE retried (id int PRIMARY KEY, n int)');
+    await jsm.streams.add({ name: 'T4', subjects: ['t4.>'], max_msgs: 5, discard: DiscardPolicy.New });
+    const relay = await relayToJetStream(tide, {
+      tables: ['retried'],
+      consumer: 'retried',
+      nats,
+      stream: 'T4',
+      subjectPrefix: 't4',
+      publishTimeout: 300,
+      backoff: () => 50,
+      // Each failure is warned about: expected here.
+      logger: { ...quietLogger, warn: () => undefined },
+    });
+    await db.pool.query('INSERT INTO retried SELECT g, 0 FROM generate_series(1, 10) g');
+    // A full stream (discard new) refuses the rest: an error ack.
+    await eventually(() => /refused/.test(relay.status().lastError ?? ''), 'a refused publish was reported');
+    expect(relay.status().relayed).toBe(5);
+    await jsm.streams.update('T4', { max_msgs: -1 });
+    await eventually(() => relay.status().relayed === 10, 'the refused changes relayed once the stream takes them');
+
+    // No stream at all: the server answers "no responders".
+    await jsm.streams.delete('T4');
+    await db.pool.query('UPDATE retried SET n = 1 WHERE id <= 3');
+    await eventually(() => /no responders/.test(relay.status().lastError ?? ''), 'no responders reported');
+    // A plain subscriber that never answers: the ack times out.
+    const silent = nats.subscribe('t4.>');
+    await eventually(() => /did not acknowledge/.test(relay.status().lastError ?? ''), 'a timed out ack reported');
+    silent.unsubscribe();
+    await jsm.streams.add({ name: 'T4', subjects: ['t4.>'] });
+    await eventually(() => relay.status().relayed === 13, 'the updates relayed once the stream is back');
+    expect(relay.status().inFlight).toBe(0);
+    expect(relay.status().retries).toBeGreaterThan(3);
+    await relay.close();
+    const stored = await streamMessages('T4');
+    expect(stored.map((message) => message.header.get(relayHeaders.op))).toEqual(['update', 'update', 'update']);
+    expect(new Set(stored.map((message) => message.header.get('Nats-Msg-Id'))).size).toBe(3);
   });
 
   it('percent-encodes names into one subject token', () => {
