@@ -35,8 +35,8 @@ export async function latencyRow(server: BenchServer, settings: Settings): Promi
     id: 'latency',
     scenario: `commit -> changes$ emission at ${settings.latencyRate / 1000}k changes/s`,
     figures: [p50, p99],
-    target: 'p50 <= 1 ms, p99 <= 3 ms',
-    met: p50.pgtide.median <= 1 && p99.pgtide.median <= 3 && lost.length === 0,
+    target: 'p50 <= 0.8 ms, p99 <= 2 ms',
+    met: p50.pgtide.median <= 0.8 && p99.pgtide.median <= 2 && lost.length === 0,
     notes: lost.length > 0 ? [`${lost.length} run(s) did not receive every change: ${JSON.stringify(lost)}`] : [],
     extra: {
       achievedRate: summarize(runs.map((run) => run.rate)),
