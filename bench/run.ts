@@ -2,6 +2,8 @@
 // (under 2 minutes). Starts its own embedded PostgreSQL with wal_level=logical, runs every
 // scenario with its baseline in the same run, prints the table and writes
 // bench/results/<date>.json. `--only=a,b` runs only the named rows (see `rows` below).
+// `--soak` runs only the soak row (10 minutes, never part of the default list nor of
+// `--quick`) and writes <date>-soak.json.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { cpus, freemem, loadavg, totalmem } from 'node:os';
@@ -20,12 +22,14 @@ import { idleQueriesRow } from './scenarios/idle.js';
 import { latencyRow } from './scenarios/latency.js';
 import { latency4wRow, latencyBlockedRow } from './scenarios/latency-writers.js';
 import { replayRow } from './scenarios/replay.js';
+import { soakRow } from './scenarios/soak.js';
 import { sustainedRow } from './scenarios/sustained.js';
 import { bulkInsertRow, insertRow, updateRow } from './scenarios/write-rows.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
+const soak = argv.includes('--soak');
 const only = argv.find((arg) => arg.startsWith('--only='))?.slice('--only='.length).split(',');
 const settings = settingsFor(quick);
 
@@ -48,6 +52,9 @@ const rows: Array<[string, RowRunner]> = [
   ['idle-queries', idleQueriesRow],
   ['live-ui', (server, s) => import('./scenarios/live-ui.js').then((scenario) => scenario.liveUiRow(server, s))],
 ];
+// The soak is long and measures drift over time, not a figure beside a baseline: it runs alone.
+const soakRows: Array<[string, RowRunner]> = [['soak', soakRow]];
+const selected = soak ? soakRows : rows;
 
 const serverSettings = {
   wal_level: 'logical',
@@ -56,7 +63,7 @@ const serverSettings = {
 };
 
 const started = nowMs();
-console.log(`pgtide benchmark${quick ? ' (--quick)' : ''}: starting embedded PostgreSQL (${JSON.stringify(serverSettings)})`);
+console.log(`pgtide benchmark${quick ? ' (--quick)' : ''}${soak ? ' (--soak)' : ''}: starting embedded PostgreSQL (${JSON.stringify(serverSettings)})`);
 const server = await startPostgres({ settings: serverSettings, verbose: process.env.BENCH_VERBOSE === "1" });
 const results: Row[] = [];
 const failures: Array<{ id: string; error: string }> = [];
@@ -72,7 +79,7 @@ try {
   console.log(version);
   const target: BenchServer = { url: server.connectionString, postmaster: postmasterPid(server.dataDir) };
   console.log(shown.rows.map((row) => `${row.name}=${row.setting}`).join(' '));
-  for (const [id, run] of rows) {
+  for (const [id, run] of selected) {
     if (only && !only.includes(id)) continue;
     const rowStart = nowMs();
     process.stdout.write(`${id} ... `);
@@ -109,8 +116,8 @@ const machine = {
 const date = new Date().toISOString().slice(0, 10);
 const directory = join(here, 'results');
 mkdirSync(directory, { recursive: true });
-const file = join(directory, `${date}${quick ? '-quick' : ''}${only ? '-partial' : ''}.json`);
-const document = { date: new Date().toISOString(), quick, seconds: Math.round(seconds), machine, settings, rows: results, failures, table };
+const file = join(directory, `${date}${quick ? '-quick' : ''}${only ? '-partial' : ''}${soak ? '-soak' : ''}.json`);
+const document = { date: new Date().toISOString(), quick, ...(soak ? { soak } : {}), seconds: Math.round(seconds), machine, settings, rows: results, failures, table };
 writeFileSync(`${file}.tmp`, `${JSON.stringify(document, null, 2)}\n`);
 renameSync(`${file}.tmp`, file);
 console.log(`wrote ${file}`);
