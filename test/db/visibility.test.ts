@@ -543,6 +543,28 @@ for (const server of servers) {
         for (const client of [a, b, holder]) await close(client);
       });
 
+      it('a transaction of many statements notifies once, and marks the first row of each statement', async () => {
+        const before = notifications('relay');
+        const client = await open(db.url, 'vis-many');
+        await client.query('BEGIN');
+        const ids = Array.from({ length: 30 }, (_, index) => 100 + index);
+        for (const id of ids) await client.query(`INSERT INTO relay VALUES ($1, 'one of many')`, [id]);
+        await client.query(`INSERT INTO relay SELECT g, 'a statement of ten' FROM generate_series(200, 209) g`);
+        await client.query(`DELETE FROM relay WHERE id IN (100, 101)`);
+        const { rows } = await client.query<{ txid: string }>('SELECT pg_current_xact_id()::text AS txid');
+        await client.query('COMMIT');
+        await arrive(relay, [...ids, ...Array.from({ length: 10 }, (_, index) => 200 + index)], 'every change of the transaction');
+        await sleep(50);
+        expect(notifications('relay') - before).toBe(1);
+        const logged = await db.pool.query<{ rows: number; marked: number }>(
+          `SELECT count(*)::int AS rows, count(*) FILTER (WHERE wake)::int AS marked FROM pgtide.log WHERE txid = $1::xid8`,
+          [rows[0]!.txid],
+        );
+        // 30 single-row statements, one of ten rows, one deleting two: 32 statements.
+        expect(logged.rows[0]).toEqual({ rows: 42, marked: 32 });
+        await close(client);
+      });
+
       // Documented limit: the writer elected to NOTIFY may still fail in its commit after
       // the wake-up trigger ran (a deferred foreign key checked later, a serialization
       // failure at commit). Then nobody notifies, and a writer that left the NOTIFY to it
