@@ -51,6 +51,16 @@ function cpuMicros(since: NodeJS.CpuUsage): number {
   return used.user + used.system;
 }
 
+/** Runs a writer at `rate`, waits until `arrived()` counts every commit: commits, commits/s, and this process's CPU µs per commit. */
+async function perCommit(url: string, mode: Mode, rate: number, seconds: number, arrived: () => number) {
+  const cpu = process.cpuUsage();
+  const start = nowMs();
+  const commits = await runWriter(url, mode, rate, seconds);
+  const perSecond = commits / ((nowMs() - start) / 1000);
+  while (arrived() < commits) await sleep(2);
+  return { commits, perSecond, cpuMicros: cpuMicros(cpu) / commits };
+}
+
 async function measure(url: string, rates: number[], seconds: number): Promise<void> {
   const listener = new pg.Client({ connectionString: url });
   await listener.connect();
@@ -66,27 +76,17 @@ async function measure(url: string, rates: number[], seconds: number): Promise<v
   console.log('rate/s (target)  NOTIFY/s  LISTEN client µs/NOTIFY  INSERT/s  changes$ µs/change  log reads/change  wake-ups/change');
   for (const rate of rates) {
     notified = 0;
-    const notifyCpu = process.cpuUsage();
-    const notifyStart = nowMs();
-    const notifies = await runWriter(url, 'notify', rate, seconds);
-    const notifyRate = notifies / ((nowMs() - notifyStart) / 1000);
-    while (notified < notifies) await sleep(2);
-    const perNotify = cpuMicros(notifyCpu) / notifies;
-
+    const notify = await perCommit(url, 'notify', rate, seconds, () => notified);
     await tide.pool.query('TRUNCATE cost_rows');
     await sleep(200);
     received = 0;
     const reads = tide.counters.logQueries;
     const wakeUps = tide.counters.wakeUps;
-    const changesCpu = process.cpuUsage();
-    const start = nowMs();
-    const written = await runWriter(url, 'insert', rate, seconds);
-    const achieved = written / ((nowMs() - start) / 1000);
-    while (received < written) await sleep(2);
-    const perChange = cpuMicros(changesCpu) / written;
+    const insert = await perCommit(url, 'insert', rate, seconds, () => received);
+    const written = insert.commits;
     console.log(
-      `${String(rate || 'max').padStart(15)}  ${notifyRate.toFixed(0).padStart(8)}  ${perNotify.toFixed(1).padStart(23)}  ` +
-        `${achieved.toFixed(0).padStart(8)}  ${perChange.toFixed(1).padStart(18)}  ${((tide.counters.logQueries - reads) / written).toFixed(2).padStart(16)}  ` +
+      `${String(rate || 'max').padStart(15)}  ${notify.perSecond.toFixed(0).padStart(8)}  ${notify.cpuMicros.toFixed(1).padStart(23)}  ` +
+        `${insert.perSecond.toFixed(0).padStart(8)}  ${insert.cpuMicros.toFixed(1).padStart(18)}  ${((tide.counters.logQueries - reads) / written).toFixed(2).padStart(16)}  ` +
         `${((tide.counters.wakeUps - wakeUps) / written).toFixed(2).padStart(15)}`,
     );
   }
