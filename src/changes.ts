@@ -365,8 +365,37 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
   /** The feed read past this position: nothing of this stream's row was before it. */
   passed(position: Position): void {
     if (this.buffered || this.ended || !this.ledger) return;
-    this.cursor = position;
-    this.ledger.pass(position);
+    const own = this.ownPosition(position);
+    this.cursor = own;
+    this.ledger.pass(own);
+  }
+
+  /**
+   * A position of the feed as this stream's. While the feed is behind what the stream
+   * delivered before joining it (`deliveredUpTo`, the snapshot its replay read to), a
+   * feed position covers less than the stream delivered: the feed's batch started
+   * before that snapshot, so a row of it the stream had not seen may come, in id order,
+   * before rows the replay delivered. Taken as is, the cursor and the processed
+   * position would move back: leaving the feed (a full window) would read those rows
+   * again, and a saved position (a clean stop, a partition's drain) would have the next
+   * reader deliver them again. So: the replay's snapshot as the base, with the feed's
+   * batch and last id on top (what the stream delivered is exactly what that covers);
+   * the snapshot itself while the feed reads a batch the replay read whole. Forgets
+   * `deliveredUpTo` once the feed is past it.
+   */
+  private ownPosition(position: Position): Position {
+    const seen = this.deliveredUpTo;
+    if (!seen) return position;
+    if (position.era > seen.era || (position.era === seen.era && atOrAfter(position.base, seen.base))) {
+      this.deliveredUpTo = undefined;
+      return position;
+    }
+    // A row the replay did not deliver is visible in the feed's batch snapshot, not in
+    // the replay's: that batch snapshot is the later one, so it sees all the replay saw.
+    if (position.era === seen.era && position.upto && atOrAfter(position.upto, seen.base)) {
+      return { era: seen.era, base: seen.base, upto: position.upto, afterId: position.afterId! };
+    }
+    return seen;
   }
 
   async run(): Promise<void> {
@@ -416,7 +445,8 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
         return;
       }
     }
-    this.emit(item, position, true);
+    const own = this.ownPosition(position);
+    this.emit(item, own, true);
     // A slow consumer leaves the shared feed and reads at its own pace from its cursor.
     if (this.ledger && this.ledger.inFlight >= this.maxInFlight && this.feed) {
       this.detach();
@@ -531,6 +561,8 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
    */
   private async join(info: TableInfo): Promise<void> {
     const generation = this.generation;
+    // What an earlier join left (before the stream left the feed) is behind the cursor now.
+    this.deliveredUpTo = undefined;
     let feed = this.context.hub.feed(info, this.cursor);
     await feed.betweenBatches();
     if (this.ended || generation !== this.generation) return;
