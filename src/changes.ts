@@ -445,8 +445,7 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
         return;
       }
     }
-    const own = this.ownPosition(position);
-    this.emit(item, own, true);
+    this.emit(item, this.ownPosition(position), true);
     // A slow consumer leaves the shared feed and reads at its own pace from its cursor.
     if (this.ledger && this.ledger.inFlight >= this.maxInFlight && this.feed) {
       this.detach();

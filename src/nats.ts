@@ -204,6 +204,8 @@ export async function relayToJetStream(tide: Tide, options: RelayOptions): Promi
       counts.relayed += 1;
       if (duplicate) counts.duplicates += 1;
     } catch (error) {
+      // Publishes still pending when the relay stops are relayed again by the next relay.
+      if (ended) throw error;
       lastError = error instanceof Error ? error.message : String(error);
       logger.warn('pgtide: publishing to JetStream failed; trying again', { change: change.id, error: lastError });
       throw error;
