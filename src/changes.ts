@@ -298,8 +298,11 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
   /** Joined a feed that is behind this stream: its rows up to here were delivered already. */
   private deliveredUpTo: Position | undefined;
   private feed: ReturnType<Hub['feed']> | undefined;
-  /** Rows the feed handed over while the gap before them was still being read. */
-  private buffered: Array<[LogItem, Position]> | undefined;
+  /**
+   * Rows the feed handed over while the gap before them was still being read, and the
+   * positions it read past meanwhile (no item: see `passed`), in the feed's order.
+   */
+  private buffered: Array<[LogItem | undefined, Position]> | undefined;
   private caughtUp = false;
   /** Bumped when the consumer's lease is lost: reads of an earlier generation stop. */
   private generation = 0;
@@ -364,7 +367,12 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
 
   /** The feed read past this position: nothing of this stream's row was before it. */
   passed(position: Position): void {
-    if (this.buffered || this.ended || !this.ledger) return;
+    if (this.ended || !this.ledger) return;
+    if (this.buffered) {
+      // Taken in order after the gap: a page with none of this stream's rows moves it too.
+      this.buffered.push([undefined, position]);
+      return;
+    }
     const own = this.ownPosition(position);
     this.cursor = own;
     this.ledger.pass(own);
@@ -587,7 +595,8 @@ export class ChangeStream<Row> extends StreamBase<StreamEvent<Row>> implements F
       this.buffered = undefined;
       for (const [item, position] of buffered) {
         if (this.feed !== feed) break;
-        this.receive(item, position);
+        if (item) this.receive(item, position);
+        else this.passed(position);
       }
     } else {
       if (joinAt !== cursor) this.deliveredUpTo = cursor;
