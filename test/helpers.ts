@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { firstValueFrom, filter, type Observable } from 'rxjs';
+import { firstValueFrom, filter, type Observable, type Subscription } from 'rxjs';
 import { inject } from 'vitest';
 import { connect, type ConnectOptions, type Tide } from '../src/index.js';
-import type { StreamEvent } from '../src/types.js';
+import type { Change, StreamEvent } from '../src/types.js';
 
 /** A fresh database on the test server, so test files never see each other's tables or logs. */
 export interface TestDatabase {
@@ -105,3 +105,28 @@ export function follow<Row = Record<string, unknown>>(
   });
   return { changes, ready, state, unsubscribe: () => subscription.unsubscribe() };
 }
+
+/** A stream's events as they come: its changes, and a promise of its first caught-up. */
+export interface FollowedEvents {
+  readonly changes: Change[];
+  readonly caughtUp: Promise<void>;
+  readonly subscription: Subscription;
+}
+
+/** Subscribes `events`, collecting its changes (errors are printed, not thrown). */
+export function followEvents(events: Observable<StreamEvent<unknown>>): FollowedEvents {
+  const changes: Change[] = [];
+  let resolve!: () => void;
+  const caughtUp = new Promise<void>((done) => (resolve = done));
+  const subscription = events.subscribe({
+    next: (event) => {
+      if (event.kind === 'change') changes.push(event.change as Change);
+      else if (event.kind === 'caught-up') resolve();
+    },
+    error: (error: unknown) => console.error('stream error', error),
+  });
+  return { changes, caughtUp, subscription };
+}
+
+/** The `id` key column of each change. */
+export const changeIds = (changes: readonly Change[]): number[] => changes.map((change) => change.key['id'] as number);

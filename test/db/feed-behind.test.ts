@@ -1,9 +1,9 @@
 import pg from 'pg';
-import { filter, firstValueFrom, type Subscription } from 'rxjs';
+import { filter, firstValueFrom, type Observable, type Subscription } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LogReader } from '../../src/log.js';
-import { markProcessed, type Change, type StreamEvent, type Tide } from '../../src/index.js';
-import { createTestDatabase, eventually, type TestDatabase } from '../helpers.js';
+import { markProcessed, type StreamEvent, type Tide } from '../../src/index.js';
+import { changeIds, createTestDatabase, eventually, followEvents, type FollowedEvents, type TestDatabase } from '../helpers.js';
 
 /**
  * A durable stream that replays past the shared feed's position joins the feed with
@@ -56,28 +56,13 @@ afterEach(() => {
   for (const subscription of subscriptions.splice(0)) subscription.unsubscribe();
 });
 
-interface Followed {
-  readonly changes: Change[];
-  readonly caughtUp: Promise<void>;
-  readonly subscription: Subscription;
+function follow(events: Observable<StreamEvent<unknown>>): FollowedEvents {
+  const followed = followEvents(events);
+  subscriptions.push(followed.subscription);
+  return followed;
 }
 
-function follow(events: import('rxjs').Observable<StreamEvent<unknown>>): Followed {
-  const changes: Change[] = [];
-  let resolve!: () => void;
-  const caughtUp = new Promise<void>((done) => (resolve = done));
-  const subscription = events.subscribe({
-    next: (event) => {
-      if (event.kind === 'change') changes.push(event.change as Change);
-      else if (event.kind === 'caught-up') resolve();
-    },
-    error: (error: unknown) => console.error('stream error', error),
-  });
-  subscriptions.push(subscription);
-  return { changes, caughtUp, subscription };
-}
-
-const ids = (changes: readonly Change[]) => changes.map((change) => change.key['id'] as number);
+const ids = changeIds;
 
 /**
  * Sets up the race: returns the Tide, the durable stream (caught up, joined to a feed

@@ -1,8 +1,8 @@
-import { filter, firstValueFrom, type Observable, type Subscription } from 'rxjs';
+import { filter, firstValueFrom } from 'rxjs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { LogReader } from '../../src/log.js';
-import { markProcessed, type Change, type StreamEvent, type Tide } from '../../src/index.js';
-import { createTestDatabase, eventually, type TestDatabase } from '../helpers.js';
+import { markProcessed, type Tide } from '../../src/index.js';
+import { changeIds, createTestDatabase, eventually, followEvents, type TestDatabase } from '../helpers.js';
 
 /**
  * A group partition that joins a feed AHEAD of its replay reads the gap while the feed's
@@ -46,20 +46,8 @@ afterAll(async () => {
   await db?.drop();
 });
 
-function follow(events: Observable<StreamEvent<unknown>>): { changes: Change[]; caughtUp: Promise<void>; subscription: Subscription } {
-  const changes: Change[] = [];
-  let resolve!: () => void;
-  const caughtUp = new Promise<void>((done) => (resolve = done));
-  const subscription = events.subscribe({
-    next: (event) => {
-      if (event.kind === 'change') changes.push(event.change as Change);
-      else if (event.kind === 'caught-up') resolve();
-    },
-    error: (error: unknown) => console.error('stream error', error),
-  });
-  return { changes, caughtUp, subscription };
-}
-const ids = (changes: readonly Change[]) => changes.map((change) => change.key['id'] as number);
+const follow = followEvents;
+const ids = changeIds;
 
 it('a partition that joined a feed ahead of it is moved past the pages the feed read during its gap read', async () => {
   await db.pool.query(`CREATE TABLE buffered_pass (id int PRIMARY KEY)`);
