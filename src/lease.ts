@@ -91,18 +91,18 @@ export async function saveConsumerPosition(
   consumer: string,
   position: Position,
 ): Promise<void> {
-  const rows = await session.query<{ updated: string; expired_at: Date | null; exists: boolean }>(
-    `WITH saved AS (
-       UPDATE ${schema.ident}.consumers SET era = $2, base = $3, upto = $4, after_id = $5, acknowledged_at = now()
-        WHERE name = $1 AND expired_at IS NULL RETURNING 1)
-     SELECT (SELECT count(*) FROM saved)::text AS updated,
-            (SELECT c.expired_at FROM ${schema.ident}.consumers c WHERE c.name = $1) AS expired_at,
-            EXISTS (SELECT FROM ${schema.ident}.consumers c WHERE c.name = $1) AS exists`,
+  const saved = await session.query(
+    `UPDATE ${schema.ident}.consumers SET era = $2, base = $3, upto = $4, after_id = $5, acknowledged_at = now()
+      WHERE name = $1 AND expired_at IS NULL RETURNING 1`,
     [consumer, ...positionValues(position)],
   );
-  const row = rows[0]!;
-  if (row.updated !== '0') return;
-  if (row.exists && row.expired_at) throw expiredError(consumer, row.expired_at);
+  if (saved.length > 0) return;
+  // Why it was refused, read by a statement of its own: an UPDATE that waited on the row
+  // (prune expiring it, dropConsumer deleting it) re-checks the committed row, but the rest
+  // of its statement still sees its older snapshot, where the consumer is live.
+  const rows = await session.query<{ expired_at: Date | null }>(`SELECT expired_at FROM ${schema.ident}.consumers WHERE name = $1`, [consumer]);
+  const expiredAt = rows[0]?.expired_at;
+  if (expiredAt) throw expiredError(consumer, expiredAt);
   throw new PgTideError(
     'UNKNOWN_CONSUMER',
     `consumer ${JSON.stringify(consumer)} was dropped while its stream ran; its position is not saved`,

@@ -229,6 +229,40 @@ describe('saving the position of a consumer that is no longer live', () => {
   });
 });
 
+describe('a save that waits on the prune that expires its consumer', () => {
+  it('is refused with CONSUMER_EXPIRED, not UNKNOWN_CONSUMER (the save re-reads the row after the prune committed)', async () => {
+    await withDatabase(async (db) => {
+      await db.pool.query(`CREATE TABLE racing (id int PRIMARY KEY)`);
+      const tide = await tideOf(db, { acknowledgeFlushDelay: 0 });
+      const run = record(tide.events$('racing', { consumer: 'racer' }), (changes) => changes);
+      await eventually(() => run.caughtUpAfter !== undefined, 'caught up');
+      await db.pool.query(`INSERT INTO racing VALUES (1)`);
+      await eventually(() => run.changes.length === 1, 'change 1 delivered');
+
+      // What prune does first: expire the consumer, holding its row until commit (no NOTIFY
+      // here, so only the save can stop the stream).
+      const pruner = await db.pool.connect();
+      try {
+        await pruner.query('BEGIN');
+        await pruner.query(`UPDATE pgtide.consumers SET expired_at = now() WHERE name = 'racer'`);
+        markProcessed(run.changes[0]!); // the save starts, and waits on the row lock
+        await eventually(async () => {
+          const { rows } = await db.pool.query(
+            `SELECT FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%UPDATE%consumers%'`,
+          );
+          return rows.length > 0;
+        }, 'the save waits on the prune');
+        await pruner.query('COMMIT');
+      } finally {
+        pruner.release();
+      }
+      await eventually(() => run.error !== undefined, 'the stream errored', 3_000);
+      expect(errorCode(run.error)).toBe('CONSUMER_EXPIRED');
+      expect(await storedConsumer(db, 'racer')).toMatchObject({ expired: true, after_id: null });
+    });
+  });
+});
+
 describe('replay of an expired consumer', () => {
   it('errors with CONSUMER_EXPIRED mid-replay and never skips: what it delivered is a gap-free prefix of the log', async () => {
     await withDatabase(async (db) => {
