@@ -59,17 +59,38 @@ export class RowDecoder {
   decode(text: string | null, shapeId: number | null): RowData | null {
     if (text === null || shapeId === null) return null;
     const known = this.shapes.get(shapeId)!;
+    return known.build(this.fields(text, known), known.parsers);
+  }
+
+  /**
+   * An update's rows. Its old record holds the `changed` columns' old values (migration
+   * 8; the others NULL, older rows have them all): every other column is the new row's,
+   * so the old row is built from the new row's text there. Parsing the new row first
+   * lets those fields reuse its parse (see `rememberLast`), never its objects.
+   */
+  decodeUpdate(newText: string, oldText: string, changed: readonly string[], shapeId: number): { new: RowData; old: RowData } {
+    const known = this.shapes.get(shapeId)!;
+    const newFields = this.fields(newText, known);
+    const oldFields = this.fields(oldText, known);
+    const { columns } = known.shape;
+    for (let index = 0; index < columns.length; index += 1) {
+      if (!changed.includes(columns[index]!)) oldFields[index] = newFields[index]!;
+    }
+    return { new: known.build(newFields, known.parsers), old: known.build(oldFields, known.parsers) };
+  }
+
+  private fields(text: string, known: KnownShape): Array<string | null> {
     const fields = parseRecord(text);
     const { columns } = known.shape;
     if (fields.length !== columns.length) {
       throw new PgTideError(
         'INVALID_ROW',
-        `pgtide: a logged row has ${fields.length} columns, its shape ${shapeId} ${columns.length}; ` +
+        `pgtide: a logged row has ${fields.length} columns, its shape ${known.shape.id} ${columns.length}; ` +
           'the table was altered without pgtide following (watch() it again after ALTER TABLE when pgtide is not installed by a superuser)',
-        { shape: shapeId },
+        { shape: known.shape.id },
       );
     }
-    return known.build(fields, known.parsers);
+    return fields;
   }
 }
 

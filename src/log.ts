@@ -281,20 +281,24 @@ export class LogReader {
     const shapes = new Set<number>();
     for (const row of rows) if (row.shape !== null) shapes.add(row.shape);
     await this.decoder.load(shapes);
-    return rows.map(
-      (row): LogRow => ({
+    return rows.map((row): LogRow => {
+      const update = row.op === 'u' && row.new !== null && row.old !== null && row.changed !== null && row.shape !== null;
+      const values = update
+        ? this.decoder.decodeUpdate(row.new!, row.old!, row.changed!, row.shape!)
+        : { new: this.decoder.decode(row.new, row.shape), old: this.decoder.decode(row.old, row.shape) };
+      return {
         id: row.id,
         txid: row.txid,
         op: row.op,
         changed: row.changed,
-        new: this.decoder.decode(row.new, row.shape),
-        old: this.decoder.decode(row.old, row.shape),
+        new: values.new,
+        old: values.old,
         shape: row.shape,
         columns: row.shape === null ? [] : this.decoder.shape(row.shape).columns,
         written_ms: row.written_ms,
         key_hash: row.key_hash ?? null,
-      }),
-    );
+      };
+    });
   }
 
   /** The position after everything committed so far ("now"). */
