@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { BehaviorSubject, distinctUntilChanged, filter, map, pipe, Subject, type Observable, type OperatorFunction } from 'rxjs';
+import { BehaviorSubject, defer, distinctUntilChanged, filter, map, pipe, Subject, type Observable, type OperatorFunction } from 'rxjs';
 import { listBlockers } from './blockers.js';
 import { unwatchTable, watchTable } from './capture.js';
 import { canonicalKey, describeTable } from './catalog.js';
@@ -136,13 +136,19 @@ export class Tide {
   private listening = false;
   private readonly status = new BehaviorSubject<TideStatus>({ listen: 'connecting', streams: [] });
   private statusQueued = false;
+  /** Whether something `status$` reports changed since `status` was last computed. */
+  private statusStale = false;
 
   /**
    * The LISTEN connection's state and every stream's phase (`starting`, `replaying`,
    * `live`, `standby`, `reconnecting`), now and whenever one of them changes. For health
    * checks and dashboards; the figures to alert on are in `pgtide/metrics`.
+   * Computed only while observed (see `statusChanged`): a subscriber gets it fresh.
    */
-  readonly status$: Observable<TideStatus> = this.status.pipe(distinctUntilChanged(sameStatus));
+  readonly status$: Observable<TideStatus> = defer(() => {
+    this.refreshStatus();
+    return this.status;
+  }).pipe(distinctUntilChanged(sameStatus));
   /** Handlers of listener signals, by `<kind>:<name>`. */
   private readonly signalHandlers = new Map<string, Set<() => void>>();
   private closed = false;
@@ -539,21 +545,33 @@ export class Tide {
     return { config: this.pool.options, schema: this.names, leaseTimeout: this.leaseTimeout, logger: this.logger };
   }
 
-  /** Recomputes `status$`, once per burst of changes. */
+  /**
+   * Recomputes `status$`, once per burst of changes, while someone observes it. The
+   * status lists every stream, and each stream changes phase a few times as it starts:
+   * recomputed for nobody, 10k rowId streams subscribing at once built some 10^8 stream
+   * entries (seconds of CPU and GC, hundreds of MB). Unobserved, it is only marked stale
+   * and the next subscriber computes it (see `status$`).
+   */
   private statusChanged(): void {
-    if (this.statusQueued || this.status.closed) return;
+    this.statusStale = true;
+    if (this.statusQueued || this.status.closed || !this.status.observed) return;
     this.statusQueued = true;
     queueMicrotask(() => {
       this.statusQueued = false;
-      if (this.status.closed) return;
-      this.status.next({
-        listen: this.listening ? 'up' : this.listenedOnce ? 'down' : 'connecting',
-        streams: [...this.streams].map((stream) => ({
-          table: stream.tableName ?? '',
-          ...(stream.consumer !== undefined ? { consumer: stream.consumer } : {}),
-          phase: stream.phase ?? 'starting',
-        })),
-      });
+      this.refreshStatus();
+    });
+  }
+
+  private refreshStatus(): void {
+    if (!this.statusStale || this.status.closed) return;
+    this.statusStale = false;
+    this.status.next({
+      listen: this.listening ? 'up' : this.listenedOnce ? 'down' : 'connecting',
+      streams: [...this.streams].map((stream) => ({
+        table: stream.tableName ?? '',
+        ...(stream.consumer !== undefined ? { consumer: stream.consumer } : {}),
+        phase: stream.phase ?? 'starting',
+      })),
     });
   }
 
@@ -569,7 +587,19 @@ export class Tide {
     );
   }
 
+  /** What every stream of this Tide is given (see `streamContext`). */
+  private sharedContext: StreamContext | undefined;
+
+  /**
+   * One object for every stream: it holds nothing of a stream's own, and a fresh one
+   * per subscription (some twenty closures) was kilobytes per stream, 10k rowId streams'
+   * worth tens of MB.
+   */
   private streamContext(): StreamContext {
+    return (this.sharedContext ??= this.newStreamContext());
+  }
+
+  private newStreamContext(): StreamContext {
     return {
       reader: this.reader,
       counters: this.counters,

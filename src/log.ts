@@ -140,6 +140,8 @@ export class LogReader {
   private readonly idQuery: string;
   /** Reads logged rows as the pool's own queries would return them. */
   readonly decoder: RowDecoder;
+  /** Queries asked for and not sent yet, by what they ask (see `unsent`). */
+  private readonly asked = new Map<string, Promise<unknown>>();
 
   constructor(
     private readonly pool: Pool,
@@ -183,6 +185,20 @@ export class LogReader {
     checkPending = false,
     consumers?: readonly string[],
     keys?: KeyHashing,
+  ): Promise<FetchedPage> {
+    const hashing = typeof keys === 'object' ? `${keys.count}:${keys.parts.join(',')}` : keys;
+    const { era, base, upto, afterId } = position;
+    const key = ['page', relid, era, base.text, upto?.text, afterId, limit, checkPending, consumers?.join('\u0000'), hashing].join('|');
+    return this.unsent(key, () => this.fetchNow(relid, position, limit, checkPending, consumers, keys));
+  }
+
+  private async fetchNow(
+    relid: number,
+    position: Position,
+    limit: number,
+    checkPending: boolean,
+    consumers: readonly string[] | undefined,
+    keys: KeyHashing | undefined,
   ): Promise<FetchedPage> {
     const { rows } = await this.pool.query<RawRow & { snapshot: string; closed: boolean; pending: boolean; expired: string[] | null }>({
       name: this.pageQueryName,
@@ -272,6 +288,26 @@ export class LogReader {
     return { rows, next, pending, expired: [...expired] };
   }
 
+  /**
+   * Runs `query` once for every caller that asks the same (`key`) before it is sent: a
+   * microtask after the first asks. Each still gets an answer read after it asked (a
+   * snapshot taken after its request), as from a query of its own: 10k rowId streams
+   * subscribing at once ask for "now", then the page after it, each once, not 10k times.
+   */
+  private unsent<T>(key: string, query: () => Promise<T>): Promise<T> {
+    let answer = this.asked.get(key) as Promise<T> | undefined;
+    if (!answer) {
+      answer = new Promise<T>((resolve, reject) => {
+        queueMicrotask(() => {
+          this.asked.delete(key);
+          query().then(resolve, reject);
+        });
+      });
+      this.asked.set(key, answer);
+    }
+    return answer;
+  }
+
   /** Log rows read by other queries, decoded as pages are. */
   decodeRows(rows: readonly RawRow[]): Promise<LogRow[]> {
     return this.decode(rows);
@@ -302,7 +338,12 @@ export class LogReader {
   }
 
   /** The position after everything committed so far ("now"). */
-  async now(db: Queryable = this.pool): Promise<Position> {
+  now(db: Queryable = this.pool): Promise<Position> {
+    // On a client of its own (a transaction), it must be read there.
+    return db === this.pool ? this.unsent('now', () => this.nowOn(db)) : this.nowOn(db);
+  }
+
+  private async nowOn(db: Queryable): Promise<Position> {
     const { rows } = await db.query<{ snapshot: string; era: number }>(this.nowQuery);
     return { era: rows[0]!.era, base: parseSnapshot(rows[0]!.snapshot) };
   }

@@ -1,7 +1,8 @@
+import pg from 'pg';
 import { z } from 'zod';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PgTideError, type Tide } from '../../src/index.js';
-import { createTestDatabase, eventually, follow, type TestDatabase } from '../helpers.js';
+import { connect, PgTideError, type Tide } from '../../src/index.js';
+import { createTestDatabase, eventually, follow, quietLogger, type TestDatabase } from '../helpers.js';
 
 let db: TestDatabase;
 let tide: Tide;
@@ -79,6 +80,45 @@ describe('rowId and field', () => {
     ]);
     expect(field.changes[0]!.new).toEqual({ id: 2, quota_bytes: '2' });
     for (const followed of [row, rowAsString, field]) followed.unsubscribe();
+  });
+
+  it('rowId streams subscribing at once share their start and first reads, and each still replays and goes live whole', async () => {
+    await db.pool.query(`CREATE TABLE fan (id int PRIMARY KEY, v int NOT NULL)`);
+    await tide.watch('fan');
+    await db.pool.query(`INSERT INTO fan SELECT g, 0 FROM generate_series(1, 200) g`);
+    // A Tide of its own on a pool that counts the log reads.
+    const pool = new pg.Pool({ connectionString: db.url });
+    pool.on('error', () => undefined);
+    let reads = 0;
+    const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
+    (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
+      const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text: string }).text;
+      if (/read_batch|pg_current_snapshot/.test(text)) reads += 1;
+      return query(...args);
+    };
+    const fanTide = await connect({ pool, logger: quietLogger });
+    try {
+      const ids = Array.from({ length: 200 }, (_, index) => index + 1);
+      const replayed = ids.map((id) => follow(fanTide, 'fan', { rowId: id, from: 'beginning' }));
+      const live = ids.map((id) => follow(fanTide, 'fan', { rowId: id }));
+      await Promise.all([...replayed, ...live].map((followed) => followed.ready));
+      // One "now" and a few pages for all of them (it was a query or two per stream).
+      expect(reads).toBeLessThan(20);
+      await db.pool.query(`UPDATE fan SET v = id`);
+      await eventually(() => live.every((followed) => followed.changes.length === 1), 'each row stream hears its update');
+      await eventually(() => replayed.every((followed) => followed.changes.length === 2), 'each replaying stream: insert and update');
+      for (const [index, followed] of replayed.entries()) {
+        expect(followed.changes.map((change) => [change.op, change.key['id']])).toEqual([
+          ['insert', index + 1],
+          ['update', index + 1],
+        ]);
+      }
+      for (const [index, followed] of live.entries()) expect(followed.changes[0]!.new).toEqual({ id: index + 1, v: index + 1 });
+      for (const followed of [...replayed, ...live]) followed.unsubscribe();
+    } finally {
+      await fanTide.close();
+      await pool.end();
+    }
   });
 
   it('follows a row of a composite key given as an object', async () => {
