@@ -8,7 +8,7 @@
 -- for image. The change event's `old` is the whole row as before. Rows logged before
 -- this migration keep their whole old row, which the reader takes the same way. A delete
 -- (and the delete half of a key change) still logs the whole row. The benchmark's UPDATE
--- of one column on 100k rows: 938 -> 834 WAL bytes per row (bench/README.md "Issue 15").
+-- of one column on 100k rows: 932 -> 820 WAL bytes per row (bench/README.md "Migration 8").
 
 CREATE OR REPLACE FUNCTION :SCHEMA.capture_sql(rel regclass, parent regclass, op text, key_columns text[], watched_columns text[], shape integer)
 RETURNS text
