@@ -20,7 +20,6 @@ const shipped: Record<string, string> = {
   '000006.sql': '6eebef75161b94006177d6c6326bff4b25c81a19d8e44f30332b660d23aa1308',
   '000007.sql': '7aadcff794f012e5beef0d0750517a6ff95345a433784bca33e2161f0bca7630',
   '000008.sql': '27f8537c9240034ea409da3109ab29e0ca67edb6cd2e3509903b97386b39b395',
-  '000009.sql': '25636283a04e97f5a260ffcff87ccced63aed51f755095bb40504f68b5cc1bb2',
 };
 
 describe('migrations', () => {
