@@ -9,7 +9,7 @@
 //   npx tsx bench/experiments/latency-split.ts [--changes=2000]
 import pg from 'pg';
 import { startPostgres } from '../../src/embedded.js';
-import { connectTide, createTableSql, insertRangeSql } from '../lib/db.js';
+import { connectTide, liveTableBesideHistory } from '../lib/db.js';
 
 const changes = Number(process.argv.find((arg) => arg.startsWith('--changes='))?.slice('--changes='.length) ?? 2000);
 
@@ -22,11 +22,7 @@ function percentiles(samples: readonly number[]): string {
 const server = await startPostgres({});
 try {
   const tide = await connectTide(server.connectionString);
-  await tide.pool.query(`${createTableSql('history_rows')}; ${createTableSql('live_rows')}`);
-  await tide.watch('history_rows');
-  await tide.watch('live_rows');
-  await tide.pool.query(insertRangeSql('history_rows'), [1, 100_000]);
-  await tide.pool.query('VACUUM ANALYZE pgtide.log');
+  await liveTableBesideHistory(tide, 100_000);
 
   const writer = new pg.Client({ connectionString: server.connectionString });
   const listener = new pg.Client({ connectionString: server.connectionString });

@@ -6,7 +6,7 @@
 //   npx tsx bench/experiments/read-plan.ts [--history=200000]
 import pg from 'pg';
 import { startPostgres } from '../../src/embedded.js';
-import { connectTide, createTableSql, insertRangeSql } from '../lib/db.js';
+import { connectTide, insertRangeSql, liveTableBesideHistory } from '../lib/db.js';
 
 const history = Number(process.argv.find((arg) => arg.startsWith('--history='))?.slice('--history='.length) ?? 200_000);
 const readBatch = 'pgtide.read_batch(oid, integer, pg_snapshot, pg_snapshot, bigint, integer, boolean, text[], boolean, integer, integer[])';
@@ -44,14 +44,9 @@ async function serverMicrosPerRead(url: string): Promise<number[]> {
 const server = await startPostgres({});
 try {
   const tide = await connectTide(server.connectionString);
-  await tide.pool.query(`${createTableSql('history_rows')}; ${createTableSql('live_rows')}`);
-  await tide.watch('history_rows');
-  await tide.watch('live_rows');
-  for (let from = 1; from <= history; from += 100_000) {
-    await tide.pool.query(insertRangeSql('history_rows'), [from, Math.min(history, from + 99_999)]);
-  }
+  await liveTableBesideHistory(tide, history);
   await tide.pool.query(insertRangeSql('live_rows'), [1, 1]);
-  await tide.pool.query('VACUUM ANALYZE pgtide.log');
+  await tide.pool.query('ANALYZE pgtide.log');
   const installed = (await tide.pool.query<{ config: string[] }>(`SELECT proconfig AS config FROM pg_proc WHERE oid = '${readBatch}'::regprocedure`)).rows[0]!;
   console.log(`log: ${history} analyzed rows of another table; read_batch settings: ${installed.config.join(' ')}`);
   for (const mode of ['auto', 'force_generic_plan'] as const) {

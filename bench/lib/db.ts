@@ -124,3 +124,18 @@ export async function watchedTableDatabase(serverUrl: string, name: string, tabl
   await tide.close();
   return url;
 }
+
+/**
+ * Two watched tables on `tide`, `history_rows` with `history` changes in the log and an
+ * empty `live_rows`, the log analysed: a log in use, where a live read has to find its
+ * table's few new rows among another table's history (the latency experiments).
+ */
+export async function liveTableBesideHistory(tide: Tide, history: number): Promise<void> {
+  await tide.pool.query(`${createTableSql('history_rows')}; ${createTableSql('live_rows')}`);
+  await tide.watch('history_rows');
+  await tide.watch('live_rows');
+  for (let from = 1; from <= history; from += 100_000) {
+    await tide.pool.query(insertRangeSql('history_rows'), [from, Math.min(history, from + 99_999)]);
+  }
+  await tide.pool.query('VACUUM ANALYZE pgtide.log');
+}
