@@ -228,7 +228,9 @@ export abstract class StreamBase<T> implements RunningStream {
         });
         return { position, resumed: false };
       } catch (error) {
-        await lease.release();
+        // A group partition's lease is not let go: that would unlock the partition (for
+        // another stream to take) while this one retries, reading without it.
+        if (!lease.retained) await lease.release();
         if (this.ended) return undefined;
         failingSince ??= Date.now();
         const giveUp = lostConnection(error, failingSince, context.reconnectTimeout, `consumer ${JSON.stringify(consumer)}`);

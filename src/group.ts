@@ -302,7 +302,9 @@ class GroupMember<Row> implements RunningStream {
       onLost: () => undefined,
       save: (position: Position) => saveConsumerPosition(this.session!, schema, name, position),
       query: (text, values) => this.query(text, values),
-      release: () => this.unlock(index),
+      release: () => this.unlock(index, held),
+      // While its stream retries its start, the member holds the partition on.
+      retained: true,
     };
     const context: StreamContext = { ...this.context, lease: () => lease };
     // The member's in-flight window is shared by its partitions.
@@ -340,9 +342,15 @@ class GroupMember<Row> implements RunningStream {
     }
   }
 
-  /** The partition's stream ended (drained, or the member ends): unlock it for the next holder. */
-  private async unlock(index: number): Promise<void> {
-    if (!this.held.delete(index) || !this.session || this.stopping) return;
+  /**
+   * The partition's stream ended (drained, or the member ends): unlock it for the next
+   * holder. Only the holding it ended: a stream of a lost session may end after the next
+   * session took the partition again.
+   */
+  private async unlock(index: number, held: HeldPartition): Promise<void> {
+    if (this.held.get(index) !== held) return;
+    this.held.delete(index);
+    if (!this.session || this.stopping) return;
     const { schema } = this.context.sessions;
     try {
       await this.query(`SELECT pg_advisory_unlock(${consumerLockKey})`, [consumerLockName(schema, partitionName(this.consumer, index))]);

@@ -27,6 +27,12 @@ export interface Lease {
   query<R extends object>(text: string, values: readonly unknown[]): Promise<R[]>;
   /** Lets go of the lease. */
   release(): Promise<void>;
+  /**
+   * Whether the lease stays held when the stream's start fails after taking it, the
+   * stream retrying on it: a group partition's, which its member's session holds (see
+   * group.ts). Otherwise a failed start releases the lease and the retry takes a new one.
+   */
+  readonly retained?: boolean;
 }
 
 /** A connection for a lease-like session: keepalive tuned so the server drops a vanished holder within `leaseTimeout`. */

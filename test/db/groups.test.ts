@@ -1,9 +1,11 @@
-import { filter, map, tap } from 'rxjs';
+import pg from 'pg';
+import { filter, firstValueFrom, map, tap } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { acknowledge } from '../../operators/acknowledge.js';
 import { processChanges } from '../../operators/processChanges.js';
-import type { Change, GroupShare, StreamEvent, Tide } from '../../src/index.js';
-import { createTestDatabase, eventually, type TestDatabase } from '../helpers.js';
+import { connect, type Change, type GroupShare, type StreamEvent, type Tide } from '../../src/index.js';
+import { createTestDatabase, eventually, quietLogger, type TestDatabase } from '../helpers.js';
 
 let db: TestDatabase;
 
@@ -11,9 +13,11 @@ beforeAll(async () => {
   db = await createTestDatabase();
   await db.pool.query('CREATE TABLE jobs (id int PRIMARY KEY, n int NOT NULL)');
   await db.pool.query('CREATE TABLE other (id int PRIMARY KEY)');
+  await db.pool.query('CREATE TABLE flaky (id int PRIMARY KEY)');
   const tide = await db.tide({ pruneInterval: 0 });
   await tide.watch('jobs');
   await tide.watch('other');
+  await tide.watch('flaky');
 });
 
 afterAll(async () => {
@@ -89,6 +93,48 @@ function check(log: readonly Handled[], expected: ReadonlyMap<number, number>) {
     }
   }
   return { lost, outOfOrder, overlaps, handled: log.length };
+}
+
+/**
+ * A Tide on a pool of its own, where `fault` may answer a read of a consumer's position
+ * (the first thing a partition's stream reads) instead of the server.
+ */
+async function tideWithFault(fault: (consumer: string) => Promise<never> | undefined) {
+  const pool = new pg.Pool({ connectionString: db.url });
+  pool.on('error', () => undefined);
+  const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
+  (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
+    const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text: string }).text;
+    const answer = /expired_at, group_name\s+FROM \S+\.consumers WHERE name = \$1/.test(text) ? fault((args[1] as string[])[0]!) : undefined;
+    return answer ?? query(...args);
+  };
+  const tide = await connect({ pool, logger: quietLogger, pruneInterval: 0, acknowledgeFlushDelay: 10 });
+  return { tide, close: async () => (await tide.close(), await pool.end()) };
+}
+
+/** A member of a 4-partition group from the beginning of `table`, acknowledging each change. */
+function groupMember(tide: Tide, table: string, group: string) {
+  const ids: number[] = [];
+  const shares: number[][] = [];
+  let failure: unknown;
+  const subscription = tide
+    .events$<{ id: number }>(table, { consumer: group, group: { partitions: 4 }, from: 'beginning' })
+    .pipe(
+      tap((event) => {
+        if (event.kind === 'group') shares.push([...event.holds]);
+      }),
+      filter((event) => event.kind === 'change'),
+      map((event) => event.change),
+      tap((change) => ids.push(change.key['id'] as number)),
+      acknowledge(),
+    )
+    .subscribe({ error: (error: unknown) => (failure = error) });
+  return { ids, shares, failure: () => failure, stop: () => subscription.unsubscribe() };
+}
+
+/** How many streams of `tide` read for `consumer` (a partition's consumer name). */
+async function readersOf(tide: Tide, consumer: string): Promise<number> {
+  return (await firstValueFrom(tide.status$)).streams.filter((stream) => stream.consumer === consumer).length;
 }
 
 async function lagOf(tide: Tide, group: string) {
@@ -174,6 +220,96 @@ describe('consumer groups', () => {
     // int8 comes from pg as a string; the schema makes it a number, for the retry too.
     expect(seen).toEqual([{ id: 1, balance: 100 }, { id: 1, balance: 100 }]);
     member.unsubscribe();
+  });
+
+  it('a partition whose stream failed to read its position keeps it: no second reader, no hole in the share, every row once', async () => {
+    await db.pool.query('INSERT INTO flaky SELECT g FROM generate_series(1, 200) g');
+    let failed = false;
+    const { tide, close } = await tideWithFault((consumer) => {
+      if (consumer !== 'flaky-start/1' || failed) return undefined;
+      failed = true;
+      return Promise.reject(new Error('Connection terminated unexpectedly'));
+    });
+    try {
+      const member = groupMember(tide, 'flaky', 'flaky-start');
+      await eventually(() => new Set(member.ids).size === 200, 'every row delivered');
+      await db.pool.query('INSERT INTO flaky SELECT g FROM generate_series(201, 300) g');
+      await eventually(() => new Set(member.ids).size === 300, 'the new rows delivered');
+      await sleep(300);
+      expect(failed).toBe(true);
+      expect(member.failure()).toBeUndefined();
+      // The stream retried on the partition: the member never let it go (for a second stream to take).
+      expect(member.shares.filter((holds) => holds.length > 0)).toEqual([[0, 1, 2, 3]]);
+      expect(await readersOf(tide, 'flaky-start/1')).toBe(1);
+      expect(member.ids).toHaveLength(300);
+      member.stop();
+    } finally {
+      await close();
+    }
+  });
+
+  it('a stream of a lost member session whose read fails afterwards does not let go of the partition the next session holds', async () => {
+    await db.pool.query('INSERT INTO flaky SELECT g FROM generate_series(1001, 1200) g ON CONFLICT DO NOTHING');
+    const rows = async () => (await db.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM flaky')).rows[0]!.n;
+    const stored = await rows();
+    let fail: ((error: Error) => void) | undefined;
+    const { tide, close } = await tideWithFault((consumer) => {
+      if (consumer !== 'flaky-lost/1' || fail) return undefined;
+      return new Promise<never>((_, reject) => (fail = reject));
+    });
+    try {
+      const member = groupMember(tide, 'flaky', 'flaky-lost');
+      await eventually(() => fail !== undefined, "partition 1's stream reads its position");
+      // The member's session ends (as in a server restart): it joins again and takes every partition on a new session.
+      await db.pool.query(`SELECT pg_terminate_backend(pid) FROM pgtide.group_members WHERE group_name = 'flaky-lost'`);
+      await eventually(() => member.shares.filter((holds) => holds.length === 4).length === 2, 'every partition held again');
+      await eventually(() => new Set(member.ids).size === stored, 'every row delivered');
+      // Now the first session's partition-1 stream, ended with it, sees its read fail.
+      fail!(new Error('Connection terminated unexpectedly'));
+      await db.pool.query('INSERT INTO flaky SELECT g FROM generate_series(2001, 2100) g');
+      await eventually(() => new Set(member.ids).size === stored + 100, 'the new rows delivered');
+      await sleep(300);
+      expect(member.failure()).toBeUndefined();
+      expect(member.shares.filter((holds) => holds.length > 0)).toEqual([[0, 1, 2, 3], [0, 1, 2, 3]]);
+      expect(await readersOf(tide, 'flaky-lost/1')).toBe(1);
+      member.stop();
+    } finally {
+      await close();
+    }
+  });
+
+  it('a partition stream whose read failed as its member lost its session does not read on without the partition, losing its rows', async () => {
+    await db.pool.query('INSERT INTO flaky SELECT g FROM generate_series(3001, 3200) g');
+    const blocker = new pg.Client({ connectionString: db.url });
+    await blocker.connect();
+    let failed = false;
+    const { tide, close } = await tideWithFault((consumer) => {
+      if (consumer !== 'flaky-restart/1' || failed) return undefined;
+      failed = true;
+      // As in a server restart: the read fails, the member's session ends, and its next
+      // session takes a while to join (here: its row in group_members is locked).
+      setTimeout(async () => {
+        await blocker.query('BEGIN');
+        await blocker.query(`SELECT FROM pgtide.group_members WHERE group_name = 'flaky-restart' FOR UPDATE`);
+        await db.pool.query(`SELECT pg_terminate_backend(pid) FROM pgtide.group_members WHERE group_name = 'flaky-restart'`);
+        setTimeout(() => void blocker.query('COMMIT'), 700);
+      });
+      return Promise.reject(new Error('Connection terminated unexpectedly'));
+    });
+    try {
+      const member = groupMember(tide, 'flaky', 'flaky-restart');
+      await eventually(() => member.shares.filter((holds) => holds.length === 4).length === 2, 'every partition held again');
+      const stored = (await db.pool.query<{ id: number }>('SELECT id FROM flaky')).rows.map((row) => row.id);
+      await eventually(() => stored.every((id) => member.ids.includes(id)), 'every row delivered').catch(() => undefined);
+      await sleep(300);
+      const delivered = new Set(member.ids);
+      expect({ failure: member.failure(), lost: stored.filter((id) => !delivered.has(id)).length }).toEqual({ failure: undefined, lost: 0 });
+      expect(await readersOf(tide, 'flaky-restart/1')).toBe(1);
+      member.stop();
+    } finally {
+      await blocker.end();
+      await close();
+    }
   });
 
   it('refuses a partition count other than the group\'s, a group of another table, and names plain consumers have', async () => {
