@@ -130,3 +130,20 @@ export function followEvents(events: Observable<StreamEvent<unknown>>): Followed
 
 /** The `id` key column of each change. */
 export const changeIds = (changes: readonly Change[]): number[] => changes.map((change) => change.key['id'] as number);
+
+/**
+ * A pool of its own on `url` whose every query is shown to `hook` first (its text and
+ * values): the hook counts queries, or answers one (a rejected promise: a fault) instead
+ * of the server by returning it; undefined lets the query through.
+ */
+export function poolWithQueryHook(url: string, hook: (text: string, values: readonly unknown[] | undefined) => Promise<never> | undefined): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url });
+  pool.on('error', () => undefined);
+  const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
+  (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
+    const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text: string }).text;
+    const values = (typeof args[0] === 'string' ? args[1] : (args[0] as { values?: unknown[] }).values ?? args[1]) as readonly unknown[] | undefined;
+    return hook(text, values) ?? query(...args);
+  };
+  return pool;
+}

@@ -107,27 +107,20 @@ async function feedBehindDurableStream(table: string, consumer: string, maxInFli
 }
 
 describe('a durable stream joining a feed that is behind it', () => {
-  it('a slow consumer leaving the feed does not deliver again what its replay delivered', async () => {
-    // Rows 0 and 2 in flight after the replay; row 1 from the feed fills the window (3).
-    const { durable, commitT1AndRead } = await feedBehindDurableStream('behind_slow', 'slow', 3);
+  // The slow consumer: rows 0 and 2 in flight after the replay, row 1 from the feed fills
+  // the window (3), so it leaves the feed and reads from its cursor again. The group: one
+  // partition, whose window is the member's (3), held by the member alone.
+  it.each([
+    ['a slow consumer leaving the feed', 'behind_slow', 'slow', undefined],
+    ['a consumer group partition that leaves the feed (its window is full)', 'behind_group', 'grp', { partitions: 1 }],
+  ] as const)('%s does not deliver again what its replay delivered', async (_, table, consumer, group) => {
+    const { durable, commitT1AndRead } = await feedBehindDurableStream(table, consumer, 3, group);
     await commitT1AndRead();
-    await eventually(() => ids(durable.changes).includes(1), 'the durable stream gets row 1 from the feed');
+    await eventually(() => ids(durable.changes).includes(1), 'the stream gets row 1 from the feed');
     // Make room: the stream left the feed and reads from its cursor again.
     for (const change of durable.changes) markProcessed(change);
-    await db.pool.query(`INSERT INTO behind_slow VALUES (3)`);
-    await eventually(() => ids(durable.changes).includes(3), 'the durable stream gets row 3');
-    for (const change of durable.changes) markProcessed(change);
-    expect(ids(durable.changes)).toEqual([0, 2, 1, 3]);
-  });
-
-  it('a consumer group partition that leaves the feed (its window is full) does not deliver again what its replay delivered', async () => {
-    // One partition: its window is the member's, 3; the member holds it alone.
-    const { durable, commitT1AndRead } = await feedBehindDurableStream('behind_group', 'grp', 3, { partitions: 1 });
-    await commitT1AndRead();
-    await eventually(() => ids(durable.changes).includes(1), 'the member gets row 1 from the feed');
-    for (const change of durable.changes) markProcessed(change);
-    await db.pool.query(`INSERT INTO behind_group VALUES (3)`);
-    await eventually(() => ids(durable.changes).includes(3), 'the member gets row 3');
+    await db.pool.query(`INSERT INTO ${table} VALUES (3)`);
+    await eventually(() => ids(durable.changes).includes(3), 'the stream gets row 3');
     for (const change of durable.changes) markProcessed(change);
     expect(ids(durable.changes)).toEqual([0, 2, 1, 3]);
   });

@@ -1,8 +1,7 @@
-import pg from 'pg';
 import { z } from 'zod';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, PgTideError, type Tide } from '../../src/index.js';
-import { createTestDatabase, eventually, follow, quietLogger, type TestDatabase } from '../helpers.js';
+import { createTestDatabase, eventually, follow, poolWithQueryHook, quietLogger, type TestDatabase } from '../helpers.js';
 
 let db: TestDatabase;
 let tide: Tide;
@@ -87,15 +86,11 @@ describe('rowId and field', () => {
     await tide.watch('fan');
     await db.pool.query(`INSERT INTO fan SELECT g, 0 FROM generate_series(1, 200) g`);
     // A Tide of its own on a pool that counts the log reads.
-    const pool = new pg.Pool({ connectionString: db.url });
-    pool.on('error', () => undefined);
     let reads = 0;
-    const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
-    (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
-      const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text: string }).text;
+    const pool = poolWithQueryHook(db.url, (text) => {
       if (/read_batch|pg_current_snapshot/.test(text)) reads += 1;
-      return query(...args);
-    };
+      return undefined;
+    });
     const fanTide = await connect({ pool, logger: quietLogger });
     try {
       const ids = Array.from({ length: 200 }, (_, index) => index + 1);

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { acknowledge } from '../../operators/acknowledge.js';
 import { processChanges } from '../../operators/processChanges.js';
 import { connect, type Change, type GroupShare, type StreamEvent, type Tide } from '../../src/index.js';
-import { createTestDatabase, eventually, quietLogger, type TestDatabase } from '../helpers.js';
+import { createTestDatabase, eventually, poolWithQueryHook, quietLogger, type TestDatabase } from '../helpers.js';
 
 let db: TestDatabase;
 
@@ -100,14 +100,9 @@ function check(log: readonly Handled[], expected: ReadonlyMap<number, number>) {
  * (the first thing a partition's stream reads) instead of the server.
  */
 async function tideWithFault(fault: (consumer: string) => Promise<never> | undefined) {
-  const pool = new pg.Pool({ connectionString: db.url });
-  pool.on('error', () => undefined);
-  const query = pool.query.bind(pool) as (...args: unknown[]) => unknown;
-  (pool as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
-    const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text: string }).text;
-    const answer = /expired_at, group_name\s+FROM \S+\.consumers WHERE name = \$1/.test(text) ? fault((args[1] as string[])[0]!) : undefined;
-    return answer ?? query(...args);
-  };
+  const pool = poolWithQueryHook(db.url, (text, values) =>
+    /expired_at, group_name\s+FROM \S+\.consumers WHERE name = \$1/.test(text) ? fault(values![0] as string) : undefined,
+  );
   const tide = await connect({ pool, logger: quietLogger, pruneInterval: 0, acknowledgeFlushDelay: 10 });
   return { tide, close: async () => (await tide.close(), await pool.end()) };
 }
